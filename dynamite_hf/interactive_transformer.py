@@ -169,7 +169,12 @@ class DynamiteFeedForward(nn.Module):
             nn.init.xavier_uniform_(linear.weight)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
+        if torch.is_grad_enabled():
+            return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
+        # Inference: the same sums in place, which spares two full-size temporaries per layer (the decoder
+        # runs this over every stride-4 pixel).
+        output = self.linear2(self.linear1(hidden).relu_())
+        return self.norm(output.add_(hidden))
 
 
 class DynamiteEncoderLayer(nn.Module):
@@ -234,7 +239,8 @@ class DynamiteDecoderLayer(nn.Module):
             attended = self._attend_few_keys(pixel_inputs, query_keys, query_values)
         else:
             attended = attention(pixel_inputs, query_keys, query_values)
-        return self.ffn(cross.norm(pixels + attended))
+        residual = pixels + attended if torch.is_grad_enabled() else attended.add_(pixels)
+        return self.ffn(cross.norm(residual))
 
 
 class DynamiteMLP(nn.Module):

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Convert a released DynaMITe checkpoint (detectron2 .pth) into a `save_pretrained` folder.
+
+    python scripts/convert_original_checkpoint.py --checkpoint swin_tiny.pth --output dynamite-swin-tiny
+    python scripts/convert_original_checkpoint.py --checkpoint model.pth --output out --push-to-hub user/dynamite-r50
+
+The pickle is read with `torch.load(weights_only=True)`, so it cannot run code. Every key must map onto the model
+and every model weight must come from the checkpoint, or the conversion stops and names the keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dynamite_hf import PRESETS, DynamiteConfig, DynamiteModel
+from dynamite_hf.conversion import infer_preset, load_original_state_dict, read_original_checkpoint
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="released .pth file (its ['model'] holds the weights)")
+    parser.add_argument("--output", required=True, help="folder to write config.json + model.safetensors into")
+    parser.add_argument("--preset", choices=PRESETS, help="model to build (default: inferred from the keys)")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the converted model to this Hub repo")
+    args = parser.parse_args(argv)
+
+    state_dict = read_original_checkpoint(args.checkpoint)
+    preset = args.preset or infer_preset(state_dict)
+    model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
+    load_original_state_dict(model, state_dict)
+    model.save_pretrained(args.output)
+    try:
+        from dynamite_hf.image_processing_dynamite import DynamiteImageProcessor
+    except ImportError:  # the processor is optional for the conversion itself
+        DynamiteImageProcessor = None
+    if DynamiteImageProcessor is not None:
+        DynamiteImageProcessor.from_config(model.config).save_pretrained(args.output)
+    print(f"converted {args.checkpoint} ({preset}, {len(state_dict)} tensors) -> {args.output}")
+    if args.push_to_hub:
+        model.push_to_hub(args.push_to_hub)
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""Unit tests of the model on tiny random configurations of every backbone family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel
+
+from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel, fuse_instances
+from dynamite_hf.conversion import convert_original_state_dict, load_original_state_dict
+
+TINY_HEAD = {
+    "hidden_dim": 32,
+    "num_heads": 4,
+    "encoder_layers": 3,
+    "encoder_ffn_dim": 64,
+    "decoder_layers": 2,
+    "decoder_ffn_dim": 64,
+    "pixel_decoder_dim": 32,
+    "pixel_decoder_layers": 1,
+    "pixel_decoder_ffn_dim": 64,
+    "pixel_decoder_num_heads": 4,
+    "group_norm_groups": 8,
+    "num_static_bg_queries": 3,
+}
+TINY_BACKBONES = {
+    "resnet50": {},
+    "hrnet_w32": {},
+    "mit_b0": {"backbone_config": {"embed_dims": [8, 16, 32, 32], "num_heads": [1, 1, 2, 2], "depths": [1, 1, 1, 1]}},
+    "swin_tiny": {
+        "backbone_config": {"embed_dim": 16, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 2, 4], "window_size": 4}
+    },
+    "mobilenet_v2": {},
+}
+
+
+def tiny_model(preset: str = "mobilenet_v2", **overrides) -> DynamiteModel:
+    torch.manual_seed(0)
+    config = DynamiteConfig.from_preset(preset, **{**TINY_HEAD, **TINY_BACKBONES[preset], **overrides})
+    return DynamiteModel(config).eval()
+
+
+def clicks_two_instances() -> list[Click]:
+    return [
+        Click(0, 10.5, 20.5, 0, "model"),
+        Click(1, 40.0, 50.0, 1, "model"),
+        Click(None, 60.0, 5.0, 2, "model"),
+        Click(0, 15.0, 30.0, 3, "model"),
+    ]
+
+
+@pytest.mark.parametrize("preset", list(TINY_BACKBONES))
+def test_tiny_model_runs_every_backbone(preset: str) -> None:
+    model = tiny_model(preset)
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        output = model(pixel_values=pixel_values, clicks=[clicks_two_instances()], image_sizes=[(64, 90)])
+    assert output.pred_masks.shape == (1, 4 + 3, 16, 24)
+    assert output.instance_logits[0].shape == (2, 64, 90)
+    assert output.label_maps[0].shape == (64, 90)
+    assert output.num_clicks_per_instance == [[2, 1]]
+    assert len(output.image_features.multi_scale_features) == 3
+
+
+def test_cached_features_give_the_same_output_as_the_full_pass() -> None:
+    model = tiny_model()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    clicks = [clicks_two_instances()]
+    with torch.inference_mode():
+        full = model(pixel_values=pixel_values, clicks=clicks)
+        cached = model(image_features=model.get_image_features(pixel_values), clicks=clicks)
+    torch.testing.assert_close(cached.pred_masks, full.pred_masks, rtol=0, atol=0)
+    assert torch.equal(cached.label_maps[0], full.label_maps[0])
+
+
+def test_few_key_and_standard_decoder_attention_agree() -> None:
+    """The reassociated decoder attention (used while heads x queries < dim) is the same function."""
+    model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2)
+    layer = model.interactive_transformer.decoder_layers[0]
+    pixels, keys, values = torch.randn(1, 50, 64), torch.randn(1, 7, 64), torch.randn(1, 7, 64)
+    with torch.inference_mode():
+        fast = layer._attend_few_keys(pixels, keys, values)
+        standard = layer.cross_attention.attention(pixels, keys, values)
+    torch.testing.assert_close(fast, standard, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_of_images_with_different_click_counts_pads_like_the_original() -> None:
+    model = tiny_model()
+    pixel_values = torch.randn(2, 3, 64, 64)
+    short = [Click(0, 10.0, 10.0, 0, "model")]
+    with torch.inference_mode():
+        batch = model(pixel_values=pixel_values, clicks=[clicks_two_instances(), short])
+        alone = model(pixel_values=pixel_values[:1], clicks=[clicks_two_instances()])
+    assert batch.pred_masks.shape[1] == 4 + 3  # the second image is padded with 3 bg_query slots
+    torch.testing.assert_close(batch.pred_masks[:1], alone.pred_masks, rtol=1e-5, atol=1e-5)
+    assert batch.label_maps[1].max() <= 1
+
+
+def test_fusion_takes_the_max_over_each_instance_and_argmax_against_background() -> None:
+    logits = torch.tensor([[[1.0, -1.0, 0.0]], [[2.0, -3.0, 0.0]], [[0.0, 5.0, -1.0]], [[1.5, 0.0, 0.0]]])
+    instance_logits, label_map = fuse_instances(logits, [2, 1])  # instance 0 = queries 0-1, 1 = query 2
+    torch.testing.assert_close(instance_logits, torch.tensor([[[2.0, -1.0, 0.0]], [[0.0, 5.0, -1.0]]]))
+    # pixel 0: instance 0 (2.0) beats bg (1.5); pixel 1: instance 1; pixel 2: tie between instance 0 and
+    # background goes to the instance, as argmax over [instances..., background queries...].
+    assert label_map.tolist() == [[1, 2, 1]]
+
+
+def test_save_and_auto_model_round_trip(tmp_path) -> None:
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "dynamite"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, DynamiteModel)
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(pixel_values=pixel_values, clicks=[clicks_two_instances()])
+        actual = loaded(pixel_values=pixel_values, clicks=[clicks_two_instances()])
+    torch.testing.assert_close(actual.pred_masks, expected.pred_masks, rtol=0, atol=0)
+
+
+def test_every_preset_builds_a_config() -> None:
+    for preset in PRESETS:
+        config = DynamiteConfig.from_preset(preset)
+        assert DynamiteConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
+    assert DynamiteConfig.from_preset("hrnet_w32").pixel_decoder_num_fpn_levels == 2
+    assert DynamiteConfig.from_preset("swin_large").backbone_config["window_size"] == 12
+
+
+# -- bad input ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_preset_is_named() -> None:
+    with pytest.raises(ValueError, match="Unknown preset 'resnet18'"):
+        DynamiteConfig.from_preset("resnet18")
+
+
+def test_click_outside_the_image_is_named() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"clicks\[0\]\[1\] at \(row=70.0, col=5.0\) lies outside"):
+        model(
+            pixel_values=torch.randn(1, 3, 64, 64),
+            clicks=[[Click(0, 1.0, 1.0, 0, "model"), Click(0, 70.0, 5.0, 1, "model")]],
+        )
+
+
+def test_instance_without_clicks_is_named() -> None:
+    model = tiny_model()
+    clicks = [[Click(0, 1.0, 1.0, 0, "model"), Click(2, 5.0, 5.0, 1, "model")]]
+    with pytest.raises(ValueError, match=r"instance\(s\) \[1\] have no clicks"):
+        model(pixel_values=torch.randn(1, 3, 64, 64), clicks=clicks)
+
+
+def test_only_background_clicks_are_refused() -> None:
+    with pytest.raises(ValueError, match="only background clicks"):
+        tiny_model()(pixel_values=torch.randn(1, 3, 64, 64), clicks=[[Click(None, 1.0, 1.0, 0, "model")]])
+
+
+def test_clicks_in_the_original_frame_are_refused() -> None:
+    with pytest.raises(ValueError, match="'original' frame"):
+        tiny_model()(pixel_values=torch.randn(1, 3, 64, 64), clicks=[[Click(0, 1.0, 1.0, 0)]])
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 64), (1, 1, 64, 64), (1, 3, 60, 64)])
+def test_wrong_pixel_values_are_named(shape) -> None:
+    with pytest.raises(ValueError, match="pixel_values"):
+        tiny_model()(pixel_values=torch.randn(shape), clicks=[[Click(0, 1.0, 1.0, 0, "model")]])
+
+
+def test_pixels_and_features_together_are_refused() -> None:
+    model = tiny_model()
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="exactly one of pixel_values"):
+        model(pixel_values=pixel_values, image_features=model.get_image_features(pixel_values), clicks=[[]])
+
+
+def test_bad_click_fields_are_named() -> None:
+    with pytest.raises(ValueError, match="Click.instance"):
+        Click(-1, 0.0, 0.0, 0)
+    with pytest.raises(ValueError, match="Click.frame"):
+        Click(0, 0.0, 0.0, 0, frame="resized")
+
+
+def test_checkpoint_with_foreign_or_missing_keys_is_refused() -> None:
+    model = tiny_model("resnet50")
+    with pytest.raises(KeyError, match="sem_seg_head.predictor.class_embed.weight"):
+        convert_original_state_dict({"sem_seg_head.predictor.class_embed.weight": torch.zeros(1)}, model.config)
+    with pytest.raises(KeyError, match="missing from the checkpoint"):
+        load_original_state_dict(model, {"sem_seg_head.interactive_transformer.query_embed": torch.zeros(32)})
