@@ -39,7 +39,12 @@ def sine_position_encoding(height: int, width: int, num_feats: int, device: torc
 def multi_scale_deformable_attention(
     value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
-    """Deformable attention by bilinear sampling (zero padding, `align_corners=False`).
+    """Deformable attention: attention-weighted bilinear samples (zero padding, `align_corners=False`).
+
+    The same function as the original's `grid_sample` path, computed as one weighted gather-sum: each sample
+    point contributes its four neighbouring pixels with weight (bilinear weight x attention weight), and
+    `embedding_bag` sums them, so the `(batch * heads, head_dim, queries, levels * points)` stack of samples is
+    never built.
 
     Args:
         value: `(batch, num_keys, num_heads, head_dim)`, the levels concatenated in `spatial_shapes` order.
@@ -50,18 +55,38 @@ def multi_scale_deformable_attention(
     Returns:
         `(batch, num_queries, num_heads * head_dim)`.
     """
-    batch, _, num_heads, head_dim = value.shape
-    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
-    value_per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
-    grids = 2 * sampling_locations - 1
-    sampled = []
-    for level, (height, width) in enumerate(spatial_shapes):
-        value_l = value_per_level[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, height, width)
-        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (batch*heads, queries, points, 2)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
-    weights = attention_weights.transpose(1, 2).reshape(batch * num_heads, 1, num_queries, num_levels * num_points)
-    output = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)
-    return output.view(batch, num_heads * head_dim, num_queries).transpose(1, 2)
+    batch, num_keys, num_heads, head_dim = value.shape
+    num_queries = sampling_locations.shape[1]
+    device, dtype = value.device, sampling_locations.dtype
+    sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
+    starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], dtype=dtype, device=device).cumsum(0)
+    widths, heights = sizes[:, 0].view(1, 1, 1, -1, 1), sizes[:, 1].view(1, 1, 1, -1, 1)
+    # Pixel coordinates exactly as grid_sample unnormalises its grid (2 * location - 1).
+    pixel = ((2 * sampling_locations - 1 + 1) * sizes[None, None, None, :, None, :] - 1) / 2
+    x, y = pixel[..., 0], pixel[..., 1]
+    x0, y0 = x.floor(), y.floor()
+    x1, y1 = x0 + 1, y0 + 1
+    # Integer-valued float arithmetic is exact here (indices < 2**24), so the flat row of each corner is
+    # formed in float and converted once. Corners outside the map get weight 0 (zero padding).
+    base = (torch.arange(batch * num_heads, device=device, dtype=dtype) * num_keys).view(batch, 1, num_heads, 1, 1)
+    base = base + starts.view(1, 1, 1, -1, 1)
+    indices, weights = [], []
+    for corner_x, corner_y, bilinear in (
+        (x0, y0, (x1 - x) * (y1 - y)),
+        (x1, y0, (x - x0) * (y1 - y)),
+        (x0, y1, (x1 - x) * (y - y0)),
+        (x1, y1, (x - x0) * (y - y0)),
+    ):
+        inside = (corner_x >= 0) & (corner_x < widths) & (corner_y >= 0) & (corner_y < heights)
+        column = torch.minimum(corner_x.clamp(min=0), widths - 1)
+        row = torch.minimum(corner_y.clamp(min=0), heights - 1)
+        indices.append(base + row * widths + column)
+        weights.append(bilinear * attention_weights * inside)
+    indices = torch.stack(indices, -1).view(batch * num_queries * num_heads, -1).long()
+    weights = torch.stack(weights, -1).view(batch * num_queries * num_heads, -1)
+    table = value.transpose(1, 2).reshape(batch * num_heads * num_keys, head_dim)
+    output = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    return output.view(batch, num_queries, num_heads * head_dim)
 
 
 class DynamiteMultiscaleDeformableAttention(nn.Module):
