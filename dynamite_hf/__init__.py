@@ -14,10 +14,10 @@ from .modeling_dynamite import (
     fuse_instances,
 )
 
+# Importing the package makes AutoConfig / AutoModel resolve model_type "dynamite". (register_for_auto_class,
+# which ships the code with the weights for trust_remote_code, cannot follow the backbones/ subpackage.)
 AutoConfig.register("dynamite", DynamiteConfig)
 AutoModel.register(DynamiteConfig, DynamiteModel)
-DynamiteConfig.register_for_auto_class()
-DynamiteModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "PRESETS",

