@@ -57,11 +57,12 @@ ORIGINAL_CONFIG_NAMES = {
     "swin_large": "dynamite_swin_large_bs32_ep100",
 }
 
-# The CPU-friendly preset: an ImageNet MobileNetV2 and a narrow head. The dimensions are chosen so that one
-# click (interactive transformer + post-processing) stays under 150 ms on a 2-core CPU at the app's working
-# size (shortest edge 512): the per-click cost is dominated by the decoder layers over every stride-4 pixel,
-# which scale with hidden_dim * decoder_ffn_dim * num_pixels, so the head is half as wide as the paper's and
-# has two decoder layers instead of five. See README "Benchmarks" for the measured trade-off.
+# The CPU-friendly preset: an ImageNet MobileNetV2 and a narrow head, sized so that one click (interactive
+# transformer + post-processing to full resolution) stays under 150 ms on a 2-core CPU at the app's working size
+# (shortest edge 448). A click's cost is dominated by the decoder over every stride-4 pixel (hidden_dim x
+# decoder FFN x pixels) and the mask heads. Measured medians at 448x672 (scripts/benchmark.py, 2 threads):
+# two decoder layers 175 ms, two with FFN 128 134 ms, one layer with FFN 256 114 ms (chosen, leaving margin);
+# at 512x768 the chosen head takes 151 ms.
 _MOBILE_PRESET: dict[str, Any] = {
     "backbone_type": "mobilenet_v2",
     "backbone_config": {"width_multiplier": 1.0},
@@ -69,15 +70,15 @@ _MOBILE_PRESET: dict[str, Any] = {
     "num_heads": 4,
     "encoder_layers": 6,
     "encoder_ffn_dim": 512,
-    "decoder_layers": 2,
+    "decoder_layers": 1,
     "decoder_ffn_dim": 256,
     "pixel_decoder_dim": 128,
     "pixel_decoder_layers": 3,
     "pixel_decoder_ffn_dim": 512,
     "pixel_decoder_num_heads": 4,
     "num_static_bg_queries": 9,
-    "test_short_edge": 512,
-    "test_max_size": 853,
+    "test_short_edge": 448,
+    "test_max_size": 747,
 }
 
 PRESETS = (*_RELEASED_BACKBONES, "mobilenet_v2")

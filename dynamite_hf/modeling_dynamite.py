@@ -89,12 +89,16 @@ def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int])
     """
     groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
     instance_logits = torch.stack([group.amax(0) for group in groups[:-1]])
-    if groups[-1].shape[0] == 0:
-        return instance_logits, instance_logits.argmax(0) + 1
-    background = groups[-1].amax(0)
-    best_instance = instance_logits.argmax(0)
-    best_value = instance_logits.gather(0, best_instance[None])[0]
-    label_map = torch.where(best_value >= background, best_instance + 1, 0)
+    # argmax over [instances..., background] as a running comparison (a reduction over a short leading axis
+    # is slow in torch); updating only on a strictly greater value keeps the first index on ties.
+    best_value = instance_logits[0].clone()
+    label_map = torch.ones(best_value.shape, dtype=torch.long, device=best_value.device)
+    for index in range(1, instance_logits.shape[0]):
+        better = instance_logits[index] > best_value
+        best_value = torch.where(better, instance_logits[index], best_value)
+        label_map.masked_fill_(better, index + 1)
+    if groups[-1].shape[0] > 0:
+        label_map.masked_fill_(groups[-1].amax(0) > best_value, 0)
     return instance_logits, label_map
 
 
