@@ -70,18 +70,20 @@ def multi_scale_deformable_attention(
     # formed in float and converted once. Corners outside the map get weight 0 (zero padding).
     base = (torch.arange(batch * num_heads, device=device, dtype=dtype) * num_keys).view(batch, 1, num_heads, 1, 1)
     base = base + starts.view(1, 1, 1, -1, 1)
+    columns, rows = [], []
+    for corner, limit, offsets in ((x0, widths, columns), (y0, heights, rows)):
+        for coordinate in (corner, corner + 1):
+            offsets.append((coordinate.clamp(min=0).minimum(limit - 1), (coordinate >= 0) & (coordinate < limit)))
+    rows = [(row * widths, inside) for row, inside in rows]
     indices, weights = [], []
-    for corner_x, corner_y, bilinear in (
-        (x0, y0, (x1 - x) * (y1 - y)),
-        (x1, y0, (x - x0) * (y1 - y)),
-        (x0, y1, (x1 - x) * (y - y0)),
-        (x1, y1, (x - x0) * (y - y0)),
+    for (column, column_inside), (row, row_inside), bilinear in (
+        (columns[0], rows[0], (x1 - x) * (y1 - y)),
+        (columns[1], rows[0], (x - x0) * (y1 - y)),
+        (columns[0], rows[1], (x1 - x) * (y - y0)),
+        (columns[1], rows[1], (x - x0) * (y - y0)),
     ):
-        inside = (corner_x >= 0) & (corner_x < widths) & (corner_y >= 0) & (corner_y < heights)
-        column = torch.minimum(corner_x.clamp(min=0), widths - 1)
-        row = torch.minimum(corner_y.clamp(min=0), heights - 1)
-        indices.append(base + row * widths + column)
-        weights.append(bilinear * attention_weights * inside)
+        indices.append(base + row + column)
+        weights.append(bilinear * attention_weights * (column_inside & row_inside))
     indices = torch.stack(indices, -1).view(batch * num_queries * num_heads, -1).long()
     weights = torch.stack(weights, -1).view(batch * num_queries * num_heads, -1)
     table = value.transpose(1, 2).reshape(batch * num_heads * num_keys, head_dim)
@@ -155,8 +157,13 @@ class DynamiteDeformableEncoderLayer(nn.Module):
     def forward(
         self, hidden: Tensor, position: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
     ) -> Tensor:
-        hidden = self.norm1(hidden + self.self_attn(hidden + position, reference_points, hidden, spatial_shapes))
-        return self.norm2(hidden + self.linear2(F.relu(self.linear1(hidden))))
+        attended = self.self_attn(hidden + position, reference_points, hidden, spatial_shapes)
+        if torch.is_grad_enabled():
+            hidden = self.norm1(hidden + attended)
+            return self.norm2(hidden + self.linear2(F.relu(self.linear1(hidden))))
+        # Inference: the same sums in place, sparing full-size temporaries (memory bandwidth is the limit here).
+        hidden = self.norm1(attended.add_(hidden))
+        return self.norm2(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 
 class DynamiteConvNorm(nn.Module):
