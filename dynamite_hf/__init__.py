@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .clicks import Click
 from .configuration_dynamite import PRESETS, DynamiteConfig
+from .image_processing_dynamite import DynamiteImageProcessor, load_image
 from .modeling_dynamite import (
     DynamiteImageFeatures,
     DynamiteModel,
@@ -18,12 +19,18 @@ from .modeling_dynamite import (
 # which ships the code with the weights for trust_remote_code, cannot follow the backbones/ subpackage.)
 AutoConfig.register("dynamite", DynamiteConfig)
 AutoModel.register(DynamiteConfig, DynamiteModel)
+AutoImageProcessor.register(DynamiteConfig, slow_image_processor_class=DynamiteImageProcessor)
+
+from .predictor import DynamitePredictor  # noqa: E402  (after the registrations it relies on)
 
 __all__ = [
     "PRESETS",
     "Click",
     "DynamiteConfig",
     "DynamiteImageFeatures",
+    "DynamiteImageProcessor",
+    "DynamitePredictor",
+    "load_image",
     "DynamiteModel",
     "DynamiteModelOutput",
     "DynamitePreTrainedModel",

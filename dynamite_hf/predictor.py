@@ -1,0 +1,183 @@
+"""`DynamitePredictor`: the stateful session over the stateless model (one image, its clicks, undo).
+
+    predictor = DynamitePredictor(DynamiteModel.from_pretrained(path))
+    predictor.set_image("photo.jpg")          # backbone + pixel decoder, once
+    predictor.add_click(120, 300)             # new instance 0 (row, col in the photo's pixels)
+    predictor.add_click(400, 80, instance=1)  # new instance 1
+    predictor.add_background_click(10, 10)
+    masks = predictor.masks                   # (2, H, W) bool, non-overlapping
+
+Coordinates are `row, col` (y, x) in pixels of the image as given to `set_image`. Timestamps follow the
+original's convention: the global click counter from 0, in click order, over the clicks currently in the
+session (an undone click frees its timestamp; removing an instance renumbers the remaining clicks 0..n-1 in
+the order they were made). The architecture takes no mask input, so there is no `initial_masks`: a session
+always starts from clicks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .clicks import Click
+from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
+from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel
+
+
+@dataclass(frozen=True)
+class _State:
+    clicks: tuple[Click, ...]
+    label_map: np.ndarray  # (H, W) int32, 0 = background, k + 1 = instance k
+
+
+class DynamitePredictor:
+    """Interactive multi-instance segmentation of one image at a time.
+
+    Args:
+        model: a `DynamiteModel` (put in eval mode here).
+        processor: the matching `DynamiteImageProcessor` (default: built from the model's config).
+    """
+
+    def __init__(self, model: DynamiteModel, processor: DynamiteImageProcessor | None = None) -> None:
+        self.model = model.eval()
+        self.processor = processor or DynamiteImageProcessor.from_config(model.config)
+        self._features: DynamiteImageFeatures | None = None
+        self._image: np.ndarray | None = None
+        self._image_size: tuple[int, int] | None = None
+        self._history: list[_State] = []
+
+    # -- image --------------------------------------------------------------------------------------------
+    def set_image(self, image: ImageLike) -> None:
+        """Load `image` (path, PIL or HxWxC uint8 RGB array), run the per-image stage once, clear the clicks.
+
+        On error (unreadable or oversized image) the previous image and clicks stay as they were.
+        """
+        loaded = load_image(image, self.processor.max_image_pixels)
+        inputs = self.processor.preprocess(loaded)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            features = self.model.get_image_features(inputs["pixel_values"].to(device))
+        self._image = loaded
+        self._image_size = tuple(inputs["image_sizes"][0].tolist())
+        self._features = features
+        self._history = [_State((), np.zeros(loaded.shape[:2], dtype=np.int32))]
+
+    @property
+    def image(self) -> np.ndarray:
+        """The current image, `(H, W, 3)` uint8 RGB."""
+        self._require_image()
+        return self._image
+
+    @property
+    def image_features(self) -> DynamiteImageFeatures:
+        self._require_image()
+        return self._features
+
+    # -- clicks -------------------------------------------------------------------------------------------
+    @property
+    def clicks(self) -> list[Click]:
+        """The session's clicks in click order (original frame)."""
+        return list(self._state.clicks) if self._history else []
+
+    @property
+    def num_instances(self) -> int:
+        return 1 + max((c.instance for c in self.clicks if c.instance is not None), default=-1)
+
+    def add_click(self, row: float, col: float, instance: int | None = None) -> np.ndarray:
+        """A positive click on `instance` (default: a new instance, numbered `num_instances`).
+
+        Returns the new masks `(num_instances, H, W)` bool.
+        """
+        if instance is None:
+            instance = self.num_instances
+        if not isinstance(instance, (int, np.integer)) or not 0 <= instance <= self.num_instances:
+            raise ValueError(
+                f"instance must be an existing instance (0..{self.num_instances - 1}) or {self.num_instances} "
+                f"for a new one, got {instance!r}"
+            )
+        return self._push(Click(int(instance), float(row), float(col), len(self.clicks)))
+
+    def add_background_click(self, row: float, col: float) -> np.ndarray:
+        """A negative click. Before any positive click it is kept and used once an instance exists."""
+        return self._push(Click(None, float(row), float(col), len(self.clicks)))
+
+    def undo(self, steps: int = 1) -> np.ndarray:
+        """Go back `steps` clicks (or removals), to exactly the earlier masks."""
+        self._require_image()
+        if not isinstance(steps, int) or not 1 <= steps <= len(self._history) - 1:
+            raise ValueError(
+                f"steps must be between 1 and {len(self._history) - 1} (the undoable actions), got {steps!r}"
+            )
+        del self._history[-steps:]
+        return self.masks
+
+    def remove_instance(self, instance: int) -> np.ndarray:
+        """Drop `instance` and its clicks; instances above it move down by one (k -> k - 1). Undoable."""
+        self._require_image()
+        if not isinstance(instance, (int, np.integer)) or not 0 <= instance < self.num_instances:
+            raise ValueError(f"instance must be in 0..{self.num_instances - 1}, got {instance!r}")
+        kept = [c for c in self.clicks if c.instance != instance]
+        renumbered = [
+            replace(
+                c,
+                instance=c.instance - 1 if c.instance is not None and c.instance > instance else c.instance,
+                timestamp=t,
+            )
+            for t, c in enumerate(kept)
+        ]
+        self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
+        return self.masks
+
+    def reset(self) -> None:
+        """Forget all clicks (and the undo history); the image features stay cached."""
+        self._require_image()
+        self._history = self._history[:1]
+
+    # -- results ------------------------------------------------------------------------------------------
+    @property
+    def label_map(self) -> np.ndarray:
+        """`(H, W)` int32 at the original resolution: 0 = background, k + 1 = instance k."""
+        self._require_image()
+        return self._state.label_map
+
+    @property
+    def masks(self) -> np.ndarray:
+        """`(num_instances, H, W)` bool at the original resolution, non-overlapping."""
+        label_map = self.label_map
+        return label_map[None] == np.arange(1, self.num_instances + 1, dtype=np.int32)[:, None, None]
+
+    # -- internals ----------------------------------------------------------------------------------------
+    @property
+    def _state(self) -> _State:
+        return self._history[-1]
+
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise RuntimeError("No image: call set_image(image) before clicking")
+
+    def _push(self, click: Click) -> np.ndarray:
+        self._require_image()
+        height, width = self._image.shape[:2]
+        if not (0 <= click.row < height and 0 <= click.col < width):
+            raise ValueError(
+                f"click at (row={click.row}, col={click.col}) lies outside the image of {height}x{width} pixels"
+            )
+        clicks = [*self.clicks, click]
+        self._history.append(_State(tuple(clicks), self._predict(clicks)))
+        return self.masks
+
+    def _predict(self, clicks: list[Click]) -> np.ndarray:
+        original_size = self._image.shape[:2]
+        if not any(c.instance is not None for c in clicks):
+            return np.zeros(original_size, dtype=np.int32)
+        model_clicks = self.processor.clicks_to_model_frame(clicks, original_size, self._image_size)
+        with torch.inference_mode():
+            output = self.model(
+                image_features=self._features,
+                clicks=[model_clicks],
+                image_sizes=[self._image_size],
+                output_sizes=[original_size],
+            )
+        return output.label_maps[0].cpu().numpy().astype(np.int32)

@@ -1,0 +1,132 @@
+"""DynamitePredictor: the per-image stage runs once, undo is exact, instances renumber, errors change nothing,
+and the public API reproduces the original implementation's masks."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from reference import CONFIGS, inputs, near_ties, original_state_dict, outputs, reference_clicks, requires_reference
+from test_modeling import tiny_model
+
+from dynamite_hf import DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf.conversion import load_original_state_dict
+
+
+@pytest.fixture
+def predictor() -> DynamitePredictor:
+    model = tiny_model()
+    return DynamitePredictor(model, DynamiteImageProcessor.from_config(model.config, short_edge=64, max_size=128))
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+
+
+def test_per_image_stage_runs_once_for_many_clicks(predictor, image) -> None:
+    with mock.patch.object(predictor.model, "get_image_features", wraps=predictor.model.get_image_features) as spy:
+        with mock.patch.object(predictor.model.backbone, "forward", wraps=predictor.model.backbone.forward) as backbone:
+            predictor.set_image(image)
+            predictor.add_click(10, 10)
+            predictor.add_click(50, 60)
+            predictor.add_click(20, 30, instance=0)
+            predictor.add_background_click(80, 100)
+            predictor.undo()
+            predictor.remove_instance(1)
+    assert spy.call_count == 1 and backbone.call_count == 1
+
+
+def test_masks_are_at_original_resolution_and_do_not_overlap(predictor, image) -> None:
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    masks = predictor.add_click(50, 60)
+    assert masks.shape == (2, 90, 120) and masks.dtype == bool
+    assert masks.sum(0).max() <= 1
+    assert (predictor.label_map == masks[0] * 1 + masks[1] * 2).all()
+
+
+def test_undo_returns_exactly_the_earlier_masks(predictor, image) -> None:
+    predictor.set_image(image)
+    states = [predictor.label_map.copy()]
+    for action in (
+        lambda: predictor.add_click(10, 10),
+        lambda: predictor.add_click(50, 60),
+        lambda: predictor.add_background_click(80, 100),
+        lambda: predictor.add_click(30, 40, instance=0),
+        lambda: predictor.remove_instance(0),
+        lambda: predictor.add_click(70, 20),
+    ):
+        action()
+        states.append(predictor.label_map.copy())
+    for expected in reversed(states[:-1]):
+        predictor.undo()
+        assert np.array_equal(predictor.label_map, expected)
+    with pytest.raises(ValueError, match="steps"):
+        predictor.undo()
+
+
+def test_remove_instance_renumbers_and_keeps_click_order(predictor, image) -> None:
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    predictor.add_click(50, 60)
+    predictor.add_click(70, 20)
+    predictor.add_background_click(80, 100)
+    predictor.remove_instance(1)
+    assert [(c.instance, c.row, c.timestamp) for c in predictor.clicks] == [(0, 10, 0), (1, 70, 1), (None, 80, 2)]
+    assert predictor.num_instances == 2 and predictor.masks.shape[0] == 2
+
+
+def test_background_click_first_waits_for_an_instance(predictor, image) -> None:
+    predictor.set_image(image)
+    assert predictor.add_background_click(5, 5).shape == (0, 90, 120)
+    assert predictor.add_click(40, 40).shape == (1, 90, 120)
+
+
+def test_errors_leave_the_state_unchanged(predictor, image, tmp_path) -> None:
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.add_click(1, 1)
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    before = (predictor.clicks, predictor.label_map.copy())
+    for bad in (
+        lambda: predictor.add_click(90, 5),
+        lambda: predictor.add_click(5, -1),
+        lambda: predictor.add_click(5, 5, instance=3),
+        lambda: predictor.remove_instance(1),
+        lambda: predictor.set_image(np.zeros((4, 4), np.float32)),
+        lambda: predictor.set_image(tmp_path / "missing.png"),
+    ):
+        with pytest.raises(ValueError):
+            bad()
+        assert predictor.clicks == before[0] and np.array_equal(predictor.label_map, before[1])
+
+
+@requires_reference
+@pytest.mark.parametrize("image_name", ["img0", "img1"])
+def test_reference_masks_through_the_public_api(image_name) -> None:
+    """The R50 reference model, driven click by click as a user would, gives the original's masks."""
+    model = DynamiteModel(DynamiteConfig.from_preset("resnet50"))
+    load_original_state_dict(model, original_state_dict(CONFIGS["resnet50"]))
+    predictor = DynamitePredictor(model, DynamiteImageProcessor(do_resize=False))  # the reference fed images as stored
+    torch.set_num_threads(2)
+    predictor.set_image(inputs()[f"{image_name}.image_uint8_hwc"].numpy())
+    stored = outputs(CONFIGS["resnet50"])
+    first = {c.timestamp: c for c in reference_clicks(image_name, "A")}
+    later = {c.timestamp: c for c in reference_clicks(image_name, "B")}
+    for scenario, clicks in (("A", first), ("B", later)):
+        for timestamp in sorted(clicks):
+            if timestamp < len(predictor.clicks):
+                continue
+            click = clicks[timestamp]
+            if click.instance is None:
+                predictor.add_background_click(click.row, click.col)
+            else:
+                predictor.add_click(click.row, click.col, instance=click.instance)
+        expected = stored[f"{image_name}.{scenario}.masks"].numpy().astype(bool)
+        differing = (predictor.masks != expected).any(0)
+        ties = near_ties(CONFIGS["resnet50"], image_name, scenario, expected.shape[-1]).numpy()
+        differing[ties[:, 0], ties[:, 1]] = False
+        assert not differing.any(), f"{scenario}: {differing.sum()} pixels differ outside near ties"
