@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from .clicks import Click
 from .configuration_dynamite import DynamiteConfig
 
-ImageLike = Union[str, Path, Image.Image, np.ndarray]
+ImageLike = str | Path | Image.Image | np.ndarray
 
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 

@@ -27,15 +27,18 @@ def image() -> np.ndarray:
 
 
 def test_per_image_stage_runs_once_for_many_clicks(predictor, image) -> None:
-    with mock.patch.object(predictor.model, "get_image_features", wraps=predictor.model.get_image_features) as spy:
-        with mock.patch.object(predictor.model.backbone, "forward", wraps=predictor.model.backbone.forward) as backbone:
-            predictor.set_image(image)
-            predictor.add_click(10, 10)
-            predictor.add_click(50, 60)
-            predictor.add_click(20, 30, instance=0)
-            predictor.add_background_click(80, 100)
-            predictor.undo()
-            predictor.remove_instance(1)
+    model = predictor.model
+    with (
+        mock.patch.object(model, "get_image_features", wraps=model.get_image_features) as spy,
+        mock.patch.object(model.backbone, "forward", wraps=model.backbone.forward) as backbone,
+    ):
+        predictor.set_image(image)
+        predictor.add_click(10, 10)
+        predictor.add_click(50, 60)
+        predictor.add_click(20, 30, instance=0)
+        predictor.add_background_click(80, 100)
+        predictor.undo()
+        predictor.remove_instance(1)
     assert spy.call_count == 1 and backbone.call_count == 1
 
 
