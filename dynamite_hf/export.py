@@ -84,7 +84,9 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[float]]:
     """Outer contours of a binary mask as COCO polygons (`[x1, y1, x2, y2, ...]`, pixel coordinates), by OpenCV.
 
-    Polygons with fewer than 3 points are dropped; `tolerance` > 0 simplifies them (Douglas-Peucker, pixels).
+    The vertices are the centres of the boundary pixels, so a polygon rasterised back loses about half a pixel
+    around the object (use RLE for exact masks). Polygons with fewer than 3 points are dropped; `tolerance` > 0
+    simplifies them (Douglas-Peucker, in pixels).
     """
     import cv2
 

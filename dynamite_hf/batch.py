@@ -1,0 +1,118 @@
+"""Segment many images offline from recorded clicks: `segment_images` and the `dynamite-segment` command.
+
+The clicks file is JSON:
+
+    {"images": [
+        {"image": "photos/cat.jpg",
+         "clicks": [{"row": 120, "col": 300, "instance": 0},
+                    {"row": 400, "col": 80, "instance": 1},
+                    {"row": 10, "col": 10, "instance": null}]}
+    ]}
+
+`row`/`col` are y/x in pixels of the image file; `instance` is the 0-based instance (numbered 0..N-1, each
+with at least one click) or `null` for a background click. Clicks are listed in the order they were made (it
+sets their timestamps). Relative image paths are read from the clicks file's folder.
+
+For each image, `OUTPUT/<image stem>/` receives, by `--format`: `png` (label_map.png with instance ids and
+label_map_palette.png in colour), `instances` (instance_000.png, ... 0/255), `coco` (coco.json with RLE) and
+`overlay` (overlay.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import export
+from .clicks import Click
+from .modeling_dynamite import DynamiteModel
+from .predictor import DynamitePredictor
+
+FORMATS = ("png", "instances", "coco", "overlay")
+
+
+def read_jobs(path: str | Path) -> list[dict[str, Any]]:
+    """Parse and check a clicks file; image paths come back absolute, clicks as `Click`s (original frame)."""
+    path = Path(path)
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"clicks file {str(path)!r} is not readable JSON ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise ValueError(f"clicks file {str(path)!r} must hold {{'images': [...]}}")
+    jobs = []
+    for index, entry in enumerate(document["images"]):
+        where = f"{path.name}: images[{index}]"
+        if not isinstance(entry, dict) or "image" not in entry or not isinstance(entry.get("clicks"), list):
+            raise ValueError(f"{where} must have 'image' and a list of 'clicks'")
+        clicks = []
+        for number, click in enumerate(entry["clicks"]):
+            try:
+                instance = click["instance"]
+                clicks.append(Click(instance, float(click["row"]), float(click["col"]), number))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(
+                    f"{where}.clicks[{number}] needs row, col and instance (int or null): {error}"
+                ) from None
+        jobs.append({"image": (path.parent / entry["image"]).resolve(), "clicks": clicks})
+    return jobs
+
+
+def segment_images(
+    predictor: DynamitePredictor,
+    jobs: Sequence[dict[str, Any]],
+    output_dir: str | Path,
+    formats: Sequence[str] = FORMATS,
+) -> list[Path]:
+    """Replay each job's clicks on its image and write the requested files; returns the per-image folders."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
+    folders = []
+    for job in tqdm(jobs, desc="segmenting", unit="image", disable=len(jobs) < 2):
+        predictor.set_image(job["image"])
+        for click in job["clicks"]:
+            if click.instance is None:
+                predictor.add_background_click(click.row, click.col)
+            else:
+                predictor.add_click(click.row, click.col, instance=click.instance)
+        folder = Path(output_dir) / Path(job["image"]).stem
+        folder.mkdir(parents=True, exist_ok=True)
+        label_map = predictor.label_map
+        if "png" in formats:
+            export.save_label_map(label_map, folder / "label_map.png")
+            export.save_palette_label_map(label_map, folder / "label_map_palette.png")
+        if "instances" in formats:
+            export.save_instance_masks(label_map, folder)
+        if "coco" in formats:
+            export.save_coco(label_map, folder / "coco.json", file_name=Path(job["image"]).name)
+        if "overlay" in formats:
+            overlay = export.render_overlay(predictor.image, label_map, predictor.clicks)
+            Image.fromarray(overlay).save(folder / "overlay.png")
+        folders.append(folder)
+    return folders
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="dynamite-segment", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="a save_pretrained folder (or Hub id, when online)")
+    parser.add_argument("--clicks", required=True, help="the clicks JSON file (format above)")
+    parser.add_argument("--output", required=True, help="folder for the results")
+    parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    args = parser.parse_args(argv)
+    jobs = read_jobs(args.clicks)
+    predictor = DynamitePredictor(DynamiteModel.from_pretrained(args.model))
+    folders = segment_images(predictor, jobs, args.output, [f.strip() for f in args.format.split(",") if f.strip()])
+    print(f"wrote {len(folders)} image folder(s) to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Export round trips: PNG ids, RLE, COCO polygons, and the overlay."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from dynamite_hf import Click
+from dynamite_hf.export import (
+    instance_color,
+    render_overlay,
+    save_coco,
+    save_instance_masks,
+    save_label_map,
+    save_palette_label_map,
+    to_coco,
+)
+
+
+@pytest.fixture
+def label_map() -> np.ndarray:
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[5:20, 5:25] = 1
+    labels[25:35, 30:55] = 2
+    labels[10:15, 40:45] = 3
+    return labels
+
+
+def test_label_map_png_reads_back_the_ids(label_map, tmp_path) -> None:
+    assert np.array_equal(np.asarray(Image.open(save_label_map(label_map, tmp_path / "ids.png"))), label_map)
+    palette = Image.open(save_palette_label_map(label_map, tmp_path / "palette.png"))
+    assert palette.mode == "P" and np.array_equal(np.asarray(palette), label_map)
+    assert tuple(palette.getpalette()[3:6]) == instance_color(0) == (128, 0, 0)  # not black
+
+
+def test_many_instances_use_16_bit(tmp_path) -> None:
+    labels = np.arange(300 * 2, dtype=np.int32).reshape(20, 30) % 300
+    assert np.array_equal(np.asarray(Image.open(save_label_map(labels, tmp_path / "ids.png"))), labels)
+
+
+def test_instance_pngs_are_binary(label_map, tmp_path) -> None:
+    paths = save_instance_masks(label_map, tmp_path / "masks")
+    assert [p.name for p in paths] == ["instance_000.png", "instance_001.png", "instance_002.png"]
+    for instance, path in enumerate(paths):
+        array = np.asarray(Image.open(path))
+        assert set(np.unique(array)) <= {0, 255}
+        assert np.array_equal(array == 255, label_map == instance + 1)
+
+
+def test_coco_rle_decodes_to_the_masks(label_map, tmp_path) -> None:
+    coco = json.loads(save_coco(label_map, tmp_path / "coco.json", file_name="x.jpg").read_text())
+    assert coco["images"][0] == {"id": 1, "file_name": "x.jpg", "height": 40, "width": 60}
+    assert len(coco["annotations"]) == 3
+    for annotation in coco["annotations"]:
+        rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), label_map == annotation["instance"] + 1)
+        assert annotation["area"] == (label_map == annotation["instance"] + 1).sum()
+
+
+def test_coco_polygons_are_valid(label_map) -> None:
+    coco = to_coco(label_map, segmentation="polygon")
+    for annotation in coco["annotations"]:
+        polygons = annotation["segmentation"]
+        assert polygons and all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
+        xs, ys = np.array(polygons[0][0::2]), np.array(polygons[0][1::2])
+        assert xs.min() >= 0 and xs.max() < 60 and ys.min() >= 0 and ys.max() < 40
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, 40, 60))
+        decoded = mask_utils.decode(rle).astype(bool)
+        truth = label_map == annotation["instance"] + 1
+        # Contours run through the boundary pixels' centres: the polygon never leaves the mask and, for objects
+        # of 100+ pixels, covers it up to the half-pixel rim.
+        assert not (decoded & ~truth).any()
+        if truth.sum() >= 100:
+            assert (decoded & truth).sum() / truth.sum() > 0.85
+
+
+def test_overlay_colours_instances_and_marks_clicks(label_map) -> None:
+    image = np.full((40, 60, 3), 100, dtype=np.uint8)
+    clicks = [Click(0, 12.0, 15.0, 0), Click(None, 2.0, 2.0, 1)]
+    overlay = render_overlay(image, label_map, clicks, alpha=0.5, click_radius=2)
+    assert overlay.shape == (40, 60, 3) and overlay.dtype == np.uint8
+    assert tuple(overlay[38, 2]) == (100, 100, 100)  # background untouched
+    assert tuple(overlay[30, 50]) == tuple(round(0.5 * 100 + 0.5 * c) for c in instance_color(1))
+    assert tuple(overlay[12, 15]) == instance_color(0)  # positive click: its instance colour
+    assert tuple(overlay[2, 2]) == (255, 0, 0)  # background click: red
+    assert np.array_equal(render_overlay(image, label_map, clicks, show_clicks=False)[2, 2], [100, 100, 100])
+    with pytest.raises(ValueError, match="differ in size"):
+        render_overlay(image[:10], label_map)
