@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
 
-app: demo
+app: setup
+	HF_HUB_OFFLINE=1 $(PY) app.py
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

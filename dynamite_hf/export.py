@@ -60,13 +60,16 @@ def save_palette_label_map(label_map: np.ndarray, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_instance_masks(label_map: np.ndarray, directory: str | Path, prefix: str = "instance") -> list[Path]:
-    """One 0/255 PNG per instance: `<prefix>_000.png` for instance 0, and so on."""
+def save_instance_masks(
+    label_map: np.ndarray, directory: str | Path, prefix: str = "instance", num_instances: int | None = None
+) -> list[Path]:
+    """One 0/255 PNG per instance: `<prefix>_000.png` for instance 0, and so on (`num_instances` of them,
+    default the largest id, so an instance whose mask came out empty still gets its file)."""
     label_map = _check_label_map(label_map)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for instance in range(int(label_map.max(initial=0))):
+    for instance in range(int(label_map.max(initial=0)) if num_instances is None else num_instances):
         path = directory / f"{prefix}_{instance:03d}.png"
         Image.fromarray(((label_map == instance + 1) * 255).astype(np.uint8)).save(path)
         paths.append(path)

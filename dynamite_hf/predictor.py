@@ -103,6 +103,25 @@ class DynamitePredictor:
         """A negative click. Before any positive click it is kept and used once an instance exists."""
         return self._push(Click(None, float(row), float(col), len(self.clicks)))
 
+    def set_clicks(self, clicks: list[Click]) -> np.ndarray:
+        """Replace the session's clicks by `clicks` (original frame, in click order) with one prediction.
+
+        Timestamps are renumbered 0..n-1 in the given order; instances must be numbered 0..N-1. Undoable.
+        """
+        self._require_image()
+        height, width = self._image.shape[:2]
+        renumbered = [replace(c, timestamp=t, frame="original") for t, c in enumerate(clicks)]
+        instances = sorted({c.instance for c in renumbered if c.instance is not None})
+        if instances != list(range(len(instances))):
+            raise ValueError(f"clicks must number their instances 0..N-1, got instances {instances}")
+        for click in renumbered:
+            if not (0 <= click.row < height and 0 <= click.col < width):
+                raise ValueError(
+                    f"click at (row={click.row}, col={click.col}) lies outside the image of {height}x{width} pixels"
+                )
+        self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
+        return self.masks
+
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""
         self._require_image()

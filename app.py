@@ -1,0 +1,36 @@
+#!/usr/bin/env python
+"""DynaMITe in the browser: click several objects, get all their masks (Gradio; the Hugging Face Spaces entry point).
+
+python app.py                          # bundled model (or a labelled fallback), http://127.0.0.1:7860
+python app.py --model path/or/hub-id   # or set DYNAMITE_MODEL
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from dynamite_hf.gradio_app import DEFAULT_MAX_SESSIONS, DynamiteApp, build_demo, load_app_model
+from dynamite_hf.runtime import tune_cpu_allocator
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="save_pretrained folder or Hub id (default: $DYNAMITE_MODEL, then bundled)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=int(os.environ.get("DYNAMITE_MAX_SESSIONS", DEFAULT_MAX_SESSIONS)),
+        help="sessions whose image features stay cached (least recently used evicted first)",
+    )
+    args = parser.parse_args(argv)
+    tune_cpu_allocator()
+    model, label = load_app_model(args.model)
+    demo = build_demo(DynamiteApp(model, label, args.max_sessions))
+    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

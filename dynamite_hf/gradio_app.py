@@ -1,0 +1,340 @@
+"""The Gradio app: click-based multi-instance segmentation in the browser (see `app.py` at the repository root).
+
+Each browser session keeps its image and click history in a `gr.State` (the source of truth, so nothing the
+user made is lost on an error or an eviction). The expensive per-image features live in a bounded LRU cache of
+`DynamitePredictor`s keyed by session; an evicted session's predictor is rebuilt from its state on its next
+click (one per-image pass plus one prediction).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+from PIL import Image, ImageDraw
+
+from . import export
+from .clicks import Click
+from .image_processing_dynamite import DynamiteImageProcessor, load_image
+from .modeling_dynamite import DynamiteModel
+from .predictor import DynamitePredictor
+
+MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a notice)
+DEFAULT_MAX_SESSIONS = 8
+
+
+@dataclass
+class SessionState:
+    """What one browser session made: its image, click history (for undo) and UI choices."""
+
+    image: np.ndarray | None = None
+    image_key: str = ""
+    history: list[list[Click]] = field(default_factory=lambda: [[]])
+    selected: int = 0  # the instance positive clicks go to; == num_instances means "a new one"
+
+    @property
+    def clicks(self) -> list[Click]:
+        return self.history[-1]
+
+    @property
+    def num_instances(self) -> int:
+        return 1 + max((c.instance for c in self.clicks if c.instance is not None), default=-1)
+
+
+class PredictorCache:
+    """At most `max_sessions` predictors (cached image features), least recently used evicted first."""
+
+    def __init__(self, model: DynamiteModel, processor: DynamiteImageProcessor, max_sessions: int) -> None:
+        self.model, self.processor, self.max_sessions = model, processor, max_sessions
+        self._predictors: OrderedDict[str, tuple[str, DynamitePredictor]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()  # one forward pass at a time: 2 cores, and torch threads are shared
+
+    def __len__(self) -> int:
+        return len(self._predictors)
+
+    def label_map(self, session: str, state: SessionState) -> np.ndarray:
+        """The label map of `state`'s clicks, reusing or rebuilding the session's cached features."""
+        with self._lock:
+            entry = self._predictors.pop(session, None)
+            if entry is not None and entry[0] != state.image_key:
+                entry = None
+        with self._model_lock:
+            if entry is None:
+                predictor = DynamitePredictor(self.model, self.processor)
+                predictor.set_image(state.image)
+                entry = (state.image_key, predictor)
+            predictor = entry[1]
+            if predictor.clicks != state.clicks:
+                predictor.set_clicks(state.clicks)
+            label_map = predictor.label_map
+        with self._lock:
+            self._predictors[session] = entry
+            while len(self._predictors) > self.max_sessions:
+                self._predictors.popitem(last=False)
+        return label_map
+
+
+def example_images(folder: Path) -> list[str]:
+    """A few generated example scenes (no image files ship with the package)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    rng = np.random.default_rng(0)
+    for index, shapes in enumerate(
+        [
+            [("ellipse", (60, 80, 220, 260), (200, 60, 50)), ("rectangle", (300, 120, 480, 300), (40, 90, 200))],
+            [("ellipse", (40, 40, 200, 200), (230, 200, 40)), ("ellipse", (250, 150, 420, 330), (60, 160, 80))],
+        ]
+    ):
+        base = rng.normal(0, 10, (360, 540, 3)) + np.linspace(80, 170, 540)[None, :, None]
+        image = Image.fromarray(base.clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(image)
+        for kind, box, color in shapes:
+            getattr(draw, kind)(box, fill=color)
+        path = folder / f"example_{index}.png"
+        image.save(path)
+        paths.append(str(path))
+    return paths
+
+
+class DynamiteApp:
+    """The app's logic, independent of the widgets (so it can be tested and reused)."""
+
+    def __init__(self, model: DynamiteModel, model_label: str, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        self.model = model.eval()
+        self.model_label = model_label
+        self.processor = DynamiteImageProcessor.from_config(model.config)
+        self.cache = PredictorCache(self.model, self.processor, max_sessions)
+        self.export_root = Path(tempfile.mkdtemp(prefix="dynamite-exports-"))
+
+    # -- actions: each takes the session state and returns (state, message) ------------------------------
+    def load(self, state: SessionState, source: Any, session: str) -> tuple[SessionState, str]:
+        try:
+            image = load_image(source, argument="the upload")
+        except ValueError as error:
+            return state, f"⚠️ {error}"
+        notice = ""
+        if max(image.shape[:2]) > MAX_SIDE:
+            scale = MAX_SIDE / max(image.shape[:2])
+            size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+            notice = f" Downscaled from {image.shape[1]}x{image.shape[0]} to {size[0]}x{size[1]} (limit {MAX_SIDE} px)."
+            image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        state = SessionState(image=image, image_key=uuid.uuid4().hex)
+        start = time.perf_counter()
+        self.cache.label_map(session, state)
+        seconds = time.perf_counter() - start
+        return state, f"Image {image.shape[1]}x{image.shape[0]} ready ({seconds:.2f} s for the image features).{notice}"
+
+    def click(
+        self, state: SessionState, row: float, col: float, background: bool, session: str
+    ) -> tuple[SessionState, str]:
+        if state.image is None:
+            return state, "⚠️ Upload an image (or pick an example) before clicking."
+        height, width = state.image.shape[:2]
+        if not (0 <= row < height and 0 <= col < width):
+            return state, f"⚠️ Click at (x={col:.0f}, y={row:.0f}) is outside the {width}x{height} image."
+        instance = None if background else min(state.selected, state.num_instances)
+        click = Click(instance, float(row), float(col), len(state.clicks))
+        previous = state.history
+        state.history = [*previous, [*state.clicks, click]]
+        try:
+            start = time.perf_counter()
+            self.cache.label_map(session, state)
+            milliseconds = 1000 * (time.perf_counter() - start)
+        except Exception as error:  # keep the session's clicks whatever failed
+            state.history = previous
+            return state, f"⚠️ The click could not be processed ({error}); your earlier clicks are kept."
+        if instance is not None:
+            state.selected = instance
+        kind = "background" if instance is None else f"instance {instance + 1}"
+        return state, f"Click on {kind}: {milliseconds:.0f} ms."
+
+    def add_instance(self, state: SessionState) -> tuple[SessionState, str]:
+        state.selected = state.num_instances
+        return state, f"Next click starts instance {state.selected + 1}."
+
+    def select_instance(self, state: SessionState, instance: int) -> tuple[SessionState, str]:
+        state.selected = max(0, min(int(instance), state.num_instances))
+        return state, f"Clicks now refine instance {state.selected + 1}."
+
+    def undo(self, state: SessionState) -> tuple[SessionState, str]:
+        if len(state.history) <= 1:
+            return state, "Nothing to undo."
+        state.history = state.history[:-1]
+        state.selected = min(state.selected, state.num_instances)
+        return state, "Undone."
+
+    def remove_instance(self, state: SessionState) -> tuple[SessionState, str]:
+        target = state.selected
+        if target >= state.num_instances:
+            return state, "⚠️ Select an existing instance to remove."
+        kept = [c for c in state.clicks if c.instance != target]
+        shifted = [
+            Click(c.instance - 1 if c.instance is not None and c.instance > target else c.instance, c.row, c.col, t)
+            for t, c in enumerate(kept)
+        ]
+        state.history = [*state.history, shifted]
+        state.selected = max(0, min(target, state.num_instances - 1))
+        return state, f"Removed instance {target + 1}; the instances after it moved down by one."
+
+    def reset(self, state: SessionState) -> tuple[SessionState, str]:
+        state.history, state.selected = [[]], 0
+        return state, "All clicks cleared."
+
+    # -- views -------------------------------------------------------------------------------------------
+    def label_map(self, state: SessionState, session: str) -> np.ndarray | None:
+        if state.image is None:
+            return None
+        return self.cache.label_map(session, state)
+
+    def render(
+        self, state: SessionState, session: str, alpha: float, radius: float, masks_only: bool
+    ) -> np.ndarray | None:
+        label_map = self.label_map(state, session)
+        if label_map is None:
+            return None
+        return export.render_overlay(state.image, label_map, state.clicks, alpha, int(radius), masks_only=masks_only)
+
+    def export(self, state: SessionState, session: str) -> tuple[list[str], str]:
+        if state.image is None or state.num_instances == 0:
+            return [], "⚠️ Nothing to export yet: click on an object first."
+        label_map = self.label_map(state, session)
+        folder = self.export_root / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        export.save_label_map(label_map, folder / "label_map.png")
+        export.save_coco(label_map, folder / "coco.json", file_name="image.png")
+        paths = export.save_instance_masks(label_map, folder / "instances", num_instances=state.num_instances)
+        with zipfile.ZipFile(folder / "instance_masks.zip", "w") as archive:
+            for path in paths:
+                archive.write(path, path.name)
+        files = [str(folder / name) for name in ("label_map.png", "instance_masks.zip", "coco.json")]
+        return files, f"Exported {state.num_instances} instance(s)."
+
+
+def load_app_model(model: str | None) -> tuple[DynamiteModel, str]:
+    """The model named by `model`, else `$DYNAMITE_MODEL`, else the bundled default, else a labelled fallback."""
+    from .configuration_dynamite import DynamiteConfig
+
+    name = model or os.environ.get("DYNAMITE_MODEL")
+    bundled = Path(__file__).resolve().parent.parent / "models" / "dynamite-mobilenet-v2"
+    if name:
+        return DynamiteModel.from_pretrained(name), name
+    if (bundled / "config.json").is_file():
+        return DynamiteModel.from_pretrained(bundled), f"bundled {bundled.name}"
+    label = "FALLBACK: CPU preset with an untrained head (no trained model bundled yet): masks are not meaningful"
+    try:
+        fallback = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2", use_imagenet_backbone=True))
+    except FileNotFoundError:  # the ImageNet weights package is not installed
+        fallback = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2"))
+        label += " (and a random backbone)"
+    return fallback, label
+
+
+def build_demo(app: DynamiteApp):
+    """The Gradio Blocks UI over `app`."""
+    examples = example_images(app.export_root / "examples")
+
+    def session_of(request: gr.Request) -> str:
+        return request.session_hash or "default"
+
+    def instance_choices(state: SessionState):
+        choices = [(f"Instance {k + 1}", k) for k in range(state.num_instances + 1)]
+        choices[-1] = (f"Instance {state.num_instances + 1} (new)", state.num_instances)
+        return gr.update(choices=choices, value=min(state.selected, state.num_instances))
+
+    def view(state, message, alpha, radius, masks_only, request: gr.Request):
+        try:
+            image = app.render(state, session_of(request), alpha, radius, masks_only)
+        except Exception as error:  # never a traceback in the UI; the state is kept
+            image, message = None, f"⚠️ {error}"
+        return state, image, message, instance_choices(state)
+
+    with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation") as demo:
+        state = gr.State(SessionState())
+        gr.Markdown(
+            "## DynaMITe: click several objects, get all their masks\n"
+            f"Model: **{app.model_label}**. Upload an image, click an object, **add instance** for the next one; "
+            "turn on **background clicks** to mark what is not an object."
+        )
+        with gr.Row():
+            with gr.Column(scale=3):
+                canvas = gr.Image(label="Click to segment", interactive=False, type="numpy", elem_id="canvas")
+                status = gr.Markdown("Upload an image or pick an example.", elem_id="status")
+            with gr.Column(scale=1):
+                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", elem_id="upload")
+                gr.Examples(examples=examples, inputs=upload, label="Examples")
+                instance = gr.Radio(label="Instance", choices=[("Instance 1 (new)", 0)], value=0, elem_id="instance")
+                with gr.Row():
+                    add_button = gr.Button("Add instance", elem_id="add-instance")
+                    background = gr.Checkbox(label="Background clicks", value=False, elem_id="background")
+                with gr.Row():
+                    undo_button = gr.Button("Undo", elem_id="undo")
+                    remove_button = gr.Button("Remove instance", elem_id="remove")
+                    reset_button = gr.Button("Reset", elem_id="reset")
+                masks_only = gr.Checkbox(label="Show masks only", value=False)
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Alpha")
+                radius = gr.Slider(0, 10, value=3, step=1, label="Click radius")
+                export_button = gr.Button("Export masks", elem_id="export")
+                files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
+
+        look = [alpha, radius, masks_only]
+        outputs = [state, canvas, status, instance]
+
+        def on_upload(state, source, alpha, radius, masks_only, request: gr.Request):
+            if source is None:
+                return state, gr.update(), "Upload an image or pick an example.", instance_choices(state)
+            state, message = app.load(state, source, session_of(request))
+            return view(state, message, alpha, radius, masks_only, request)
+
+        def on_select(state, background, alpha, radius, masks_only, event: gr.SelectData, request: gr.Request):
+            col, row = event.index
+            state, message = app.click(state, row, col, background, session_of(request))
+            return view(state, message, alpha, radius, masks_only, request)
+
+        def on_api_click(state, row, col, background, alpha, radius, masks_only, request: gr.Request):
+            state, message = app.click(state, float(row), float(col), bool(background), session_of(request))
+            return view(state, message, alpha, radius, masks_only, request)
+
+        def action(method):
+            def handler(state, alpha, radius, masks_only, request: gr.Request):
+                state, message = method(state)
+                return view(state, message, alpha, radius, masks_only, request)
+
+            return handler
+
+        def on_instance(state, value, alpha, radius, masks_only, request: gr.Request):
+            state, message = app.select_instance(state, value if value is not None else 0)
+            return view(state, message, alpha, radius, masks_only, request)
+
+        def on_look(state, alpha, radius, masks_only, request: gr.Request):
+            return view(state, gr.skip(), alpha, radius, masks_only, request)
+
+        def on_export(state, request: gr.Request):
+            paths, message = app.export(state, session_of(request))
+            return paths or None, message
+
+        upload.change(on_upload, [state, upload, *look], outputs, api_name="upload")
+        canvas.select(on_select, [state, background, *look], outputs, api_name=False)
+        row_input, col_input = gr.Number(visible=False), gr.Number(visible=False)
+        gr.Button(visible=False).click(
+            on_api_click, [state, row_input, col_input, background, *look], outputs, api_name="click"
+        )
+        add_button.click(action(app.add_instance), [state, *look], outputs, api_name="add_instance")
+        undo_button.click(action(app.undo), [state, *look], outputs, api_name="undo")
+        remove_button.click(action(app.remove_instance), [state, *look], outputs, api_name="remove_instance")
+        reset_button.click(action(app.reset), [state, *look], outputs, api_name="reset")
+        instance.input(on_instance, [state, instance, *look], outputs, api_name="select_instance")
+        for control in look:
+            control.change(on_look, [state, *look], outputs, api_name=False)
+        export_button.click(on_export, [state], [files, status], api_name="export")
+    return demo

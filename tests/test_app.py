@@ -1,0 +1,131 @@
+"""The Gradio app: a real server on localhost driven over HTTP with gradio_client, concurrency, bad input."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from app_server import running_app
+from PIL import Image
+from test_modeling import tiny_model
+
+from dynamite_hf import Click, DynamiteModel, DynamitePredictor
+from dynamite_hf.gradio_app import MAX_SIDE, DynamiteApp, PredictorCache, SessionState
+
+gradio_client = pytest.importorskip("gradio_client")
+LOOK = (0.5, 3, False)  # alpha, click radius, masks only
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model(num_static_bg_queries=0).save_pretrained(
+        folder
+    )  # every pixel goes to some instance unless a bg click claims it
+    return folder
+
+
+def write_image(folder, seed: int) -> str:
+    image = np.random.default_rng(seed).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    path = folder / f"image_{seed}.png"
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def expected_label_map(model_dir, image_path, clicks) -> np.ndarray:
+    predictor = DynamitePredictor(DynamiteModel.from_pretrained(model_dir))
+    predictor.set_image(image_path)
+    predictor.set_clicks(clicks)
+    return predictor.label_map
+
+
+def run_session(url, image_path, clicks_spec):
+    """Upload, click as specified, export; returns (label map read from the export, status messages)."""
+    client = gradio_client.Client(url, verbose=False)
+    messages = [client.predict(gradio_client.handle_file(image_path), *LOOK, api_name="/upload")[1]]
+    for action, *arguments in clicks_spec:
+        if action == "click":
+            messages.append(client.predict(*arguments, *LOOK, api_name="/click")[1])
+        else:
+            messages.append(client.predict(*LOOK, api_name=f"/{action}")[1])
+    files, message = client.predict(api_name="/export")
+    messages.append(message)
+    label_file = next(f for f in files if str(f).endswith("label_map.png"))
+    return np.asarray(Image.open(label_file)), messages
+
+
+def test_session_over_http(model_dir, tmp_path) -> None:
+    image_path = write_image(tmp_path, 0)
+    spec = [
+        ("click", 10, 15, False),  # instance 1
+        ("add_instance",),
+        ("click", 40, 60, False),  # instance 2
+        ("click", 45, 20, False),  # instance 2 again
+        ("click", 5, 75, True),  # background
+        ("undo",),  # drops the background click
+    ]
+    with running_app(model_dir) as url:
+        label_map, messages = run_session(url, image_path, spec)
+    assert "ready" in messages[0] and "Click on instance 1" in messages[1] and "Click on instance 2" in messages[3]
+    assert "background" in messages[5] and messages[6] == "Undone." and "Exported" in messages[-1]
+    clicks = [Click(0, 10.0, 15.0, 0), Click(1, 40.0, 60.0, 1), Click(1, 45.0, 20.0, 2)]
+    assert np.array_equal(label_map, expected_label_map(model_dir, image_path, clicks))
+
+
+def test_eight_simultaneous_sessions_get_their_own_masks(model_dir, tmp_path) -> None:
+    """8 clients at once against a cache of 3 sessions: evictions rebuild from each session's own state."""
+    jobs = [(write_image(tmp_path, seed), [("click", 5 + 5 * seed, 10 + 6 * seed, False)]) for seed in range(8)]
+    with running_app(model_dir, max_sessions=3) as url, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda job: run_session(url, *job), jobs))
+    for (image_path, spec), (label_map, _) in zip(jobs, results, strict=True):
+        ((_, row, col, _),) = spec
+        assert np.array_equal(label_map, expected_label_map(model_dir, image_path, [Click(0, row, col, 0)]))
+
+
+def test_bad_input_gives_messages_and_keeps_clicks(model_dir, tmp_path) -> None:
+    text_file = tmp_path / "notes.png"
+    text_file.write_text("not an image")
+    with running_app(model_dir) as url:
+        client = gradio_client.Client(url, verbose=False)
+        assert "before clicking" in client.predict(3, 3, False, *LOOK, api_name="/click")[1]
+        assert "Nothing to export" in client.predict(api_name="/export")[1]
+        assert (
+            "not a readable image"
+            in client.predict(gradio_client.handle_file(str(text_file)), *LOOK, api_name="/upload")[1]
+        )
+        client.predict(gradio_client.handle_file(write_image(tmp_path, 1)), *LOOK, api_name="/upload")
+        client.predict(10, 10, False, *LOOK, api_name="/click")
+        assert "outside" in client.predict(500, 10, False, *LOOK, api_name="/click")[1]
+        files, message = client.predict(api_name="/export")  # the earlier click survived the error
+        assert "Exported 1 instance" in message
+
+
+def test_huge_upload_is_downscaled_with_a_notice(tmp_path) -> None:
+    app = DynamiteApp(tiny_model(), "tiny")
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (3 * MAX_SIDE, 1000), (10, 20, 30)).save(path)
+    state, message = app.load(SessionState(), str(path), "session")
+    assert max(state.image.shape[:2]) == MAX_SIDE and "Downscaled" in message
+
+
+def test_predictor_cache_is_bounded_and_rebuilds_the_same_result(tmp_path) -> None:
+    model = tiny_model()
+    app = DynamiteApp(model, "tiny", max_sessions=2)
+    states = []
+    for seed in range(4):
+        state, _ = app.load(SessionState(), write_image(tmp_path, seed), f"s{seed}")
+        state, _ = app.click(state, 10, 10, False, f"s{seed}")
+        states.append(state)
+    assert len(app.cache) == 2  # bounded: the two least recently used sessions were evicted
+    first = app.cache.label_map("s0", states[0])  # rebuilt from the session's own state
+    assert len(app.cache) == 2
+    assert isinstance(app.cache, PredictorCache)
+    assert np.array_equal(first, expected_label_map_from(model, states[0]))
+
+
+def expected_label_map_from(model, state) -> np.ndarray:
+    predictor = DynamitePredictor(model)
+    predictor.set_image(state.image)
+    predictor.set_clicks(state.clicks)
+    return predictor.label_map
