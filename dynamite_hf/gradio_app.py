@@ -268,7 +268,10 @@ def build_demo(app: DynamiteApp):
         )
         with gr.Row():
             with gr.Column(scale=3):
-                canvas = gr.Image(label="Click to segment", interactive=False, type="numpy", elem_id="canvas")
+                # JPEG for the display: WebP (the default) takes ~0.4 s to encode a 2-MP overlay, JPEG ~25 ms.
+                canvas = gr.Image(
+                    label="Click to segment", interactive=False, type="numpy", format="jpeg", elem_id="canvas"
+                )
                 status = gr.Markdown("Upload an image or pick an example.", elem_id="status")
             with gr.Column(scale=1):
                 upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", elem_id="upload")

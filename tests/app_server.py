@@ -21,10 +21,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(model_dir: Path, max_sessions: int = 8, timeout: float = 120.0):
+def running_app(model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0):
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, str(ROOT / "app.py"), "--model", str(model_dir), "--host", "127.0.0.1"]
+    command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1"]
+    command += ["--model", str(model_dir)] if model_dir is not None else []
     command += ["--port", str(port), "--max-sessions", str(max_sessions)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
