@@ -7,46 +7,29 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-# Hyper-parameters of the five released backbones (spec section 1.2). Every key is optional in the
-# backbone builders; the values here are written out so that config.json says what the model is.
-_RELEASED_BACKBONES: dict[str, tuple[str, dict[str, Any]]] = {
-    "resnet50": ("resnet", {"depth": 50, "norm": "frozen_bn"}),
-    "hrnet_w32": ("hrnet", {"width": 32}),
-    "mit_b0": (
-        "mit",
-        {
-            "embed_dims": [32, 64, 160, 256],
-            "num_heads": [1, 2, 5, 8],
-            "depths": [2, 2, 2, 2],
-            "sr_ratios": [8, 4, 2, 1],
-            "mlp_ratio": 4,
-            "drop_path_rate": 0.1,
-            "freeze_first_stage": True,
-        },
-    ),
-    "swin_tiny": (
-        "swin",
-        {
-            "embed_dim": 96,
-            "depths": [2, 2, 6, 2],
-            "num_heads": [3, 6, 12, 24],
-            "window_size": 7,
-            "pretrain_img_size": 224,
-            "drop_path_rate": 0.3,
-        },
-    ),
-    "swin_large": (
-        "swin",
-        {
-            "embed_dim": 192,
-            "depths": [2, 2, 18, 2],
-            "num_heads": [6, 12, 24, 48],
-            "window_size": 12,
-            "pretrain_img_size": 384,
-            "drop_path_rate": 0.3,
-        },
-    ),
-}
+
+# The five released models: backbone family and its hyper-parameters (spec section 1.2). The family modules'
+# defaults are the released values (MiT-B0, Swin-T, R50, HRNet-W32); they are written out into config.json.
+def _released_backbones() -> dict[str, tuple[str, dict[str, Any]]]:
+    from .backbones import hrnet, mit, resnet, swin
+
+    swin_large = {
+        "embed_dim": 192,
+        "depths": [2, 2, 18, 2],
+        "num_heads": [6, 12, 24, 48],
+        "window_size": 12,
+        "pretrain_img_size": 384,
+    }
+    return {
+        "resnet50": ("resnet", dict(resnet._DEFAULTS)),
+        "hrnet_w32": ("hrnet", dict(hrnet._DEFAULTS)),
+        "mit_b0": ("mit", dict(mit._DEFAULTS)),
+        "swin_tiny": ("swin", dict(swin._DEFAULTS)),
+        "swin_large": ("swin", {**swin._DEFAULTS, **swin_large}),
+    }
+
+
+_RELEASED = ("resnet50", "hrnet_w32", "mit_b0", "swin_tiny", "swin_large")
 
 # The original checkpoint (spec section 4) that each preset converts from.
 ORIGINAL_CONFIG_NAMES = {
@@ -81,7 +64,7 @@ _MOBILE_PRESET: dict[str, Any] = {
     "test_max_size": 747,
 }
 
-PRESETS = (*_RELEASED_BACKBONES, "mobilenet_v2")
+PRESETS = (*_RELEASED, "mobilenet_v2")
 
 
 class DynamiteConfig(PretrainedConfig):
@@ -239,8 +222,8 @@ class DynamiteConfig(PretrainedConfig):
         (convert their checkpoints with `scripts/convert_original_checkpoint.py`); `mobilenet_v2` is the
         CPU-friendly model of this package. Keyword arguments override preset values.
         """
-        if name in _RELEASED_BACKBONES:
-            backbone_type, backbone_config = _RELEASED_BACKBONES[name]
+        if name in _RELEASED:
+            backbone_type, backbone_config = _released_backbones()[name]
             values: dict[str, Any] = {"backbone_type": backbone_type, "backbone_config": backbone_config}
             if name == "hrnet_w32":
                 values["pixel_decoder_num_fpn_levels"] = 2

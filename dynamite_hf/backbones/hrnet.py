@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._config import merge_backbone_config
+
 _DEFAULTS = {"width": 32, "stage_modules": [1, 4, 3], "blocks_per_branch": 4}
 
 
@@ -150,10 +152,7 @@ class DynamiteHRNetBackbone(nn.Module):
 
 
 def build(backbone_config: Mapping) -> DynamiteHRNetBackbone:
-    unknown = set(backbone_config) - set(_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown hrnet backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
-    config = {**_DEFAULTS, **backbone_config}
+    config = merge_backbone_config("hrnet", backbone_config, _DEFAULTS)
     if len(config["stage_modules"]) != 3:
         raise ValueError(f"hrnet stage_modules must list 3 stages, got {config['stage_modules']!r}")
     return DynamiteHRNetBackbone(**config)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._config import merge_backbone_config
+
 _DEFAULTS = {
     "embed_dims": [32, 64, 160, 256],
     "num_heads": [1, 2, 5, 8],
@@ -157,10 +159,7 @@ class DynamiteMiTBackbone(nn.Module):
 
 
 def build(backbone_config: Mapping) -> DynamiteMiTBackbone:
-    unknown = set(backbone_config) - set(_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown mit backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
-    return DynamiteMiTBackbone(**{**_DEFAULTS, **backbone_config})
+    return DynamiteMiTBackbone(**merge_backbone_config("mit", backbone_config, _DEFAULTS))
 
 
 def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

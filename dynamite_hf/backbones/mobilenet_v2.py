@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ._config import merge_backbone_config
+
 # (expansion t, channels c, repeats n, first stride s), torchvision's table.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 _TAPS = (3, 6, 13, 17)
@@ -88,10 +90,7 @@ class DynamiteMobileNetV2Backbone(nn.Module):
 
 
 def build(backbone_config: Mapping) -> DynamiteMobileNetV2Backbone:
-    unknown = set(backbone_config) - set(_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown mobilenet_v2 backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
-    return DynamiteMobileNetV2Backbone(**{**_DEFAULTS, **backbone_config})
+    return DynamiteMobileNetV2Backbone(**merge_backbone_config("mobilenet_v2", backbone_config, _DEFAULTS))
 
 
 def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._config import merge_backbone_config
+
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 _DEFAULTS = {"depth": 50, "norm": "frozen_bn"}
 
@@ -112,10 +114,7 @@ class DynamiteResNetBackbone(nn.Module):
 
 
 def build(backbone_config: Mapping) -> DynamiteResNetBackbone:
-    unknown = set(backbone_config) - set(_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown resnet backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
-    config = {**_DEFAULTS, **backbone_config}
+    config = merge_backbone_config("resnet", backbone_config, _DEFAULTS)
     if config["depth"] not in _DEPTHS:
         raise ValueError(f"resnet depth must be one of {sorted(_DEPTHS)}, got {config['depth']!r}")
     if config["norm"] != "frozen_bn":

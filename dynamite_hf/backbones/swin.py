@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._config import merge_backbone_config
 from .mit import drop_path
 
 _DEFAULTS = {
@@ -219,10 +220,7 @@ class DynamiteSwinBackbone(nn.Module):
 
 
 def build(backbone_config: Mapping) -> DynamiteSwinBackbone:
-    unknown = set(backbone_config) - set(_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown swin backbone_config keys {sorted(unknown)}; expected {sorted(_DEFAULTS)}")
-    return DynamiteSwinBackbone(**{**_DEFAULTS, **backbone_config})
+    return DynamiteSwinBackbone(**merge_backbone_config("swin", backbone_config, _DEFAULTS))
 
 
 def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
