@@ -1,0 +1,32 @@
+"""The click-based evaluation protocol of the paper (spec section 3): dataset readers, the clicker, the
+single-instance (NoC) and multi-instance (NCI/NFO/NFI/mIoU) protocols."""
+
+from __future__ import annotations
+
+from .clicker import Clicker, distance_transform, exclusion_disk
+from .datasets import DATASETS, EvaluationSample, read_dataset
+from .protocols import (
+    MULTI_INSTANCE_STRATEGIES,
+    MultiInstanceResult,
+    SingleInstanceResult,
+    evaluate_multi_instance,
+    evaluate_single_instance,
+    multi_instance_metrics,
+    single_instance_metrics,
+)
+
+__all__ = [
+    "DATASETS",
+    "MULTI_INSTANCE_STRATEGIES",
+    "Clicker",
+    "EvaluationSample",
+    "MultiInstanceResult",
+    "SingleInstanceResult",
+    "distance_transform",
+    "evaluate_multi_instance",
+    "evaluate_single_instance",
+    "exclusion_disk",
+    "multi_instance_metrics",
+    "read_dataset",
+    "single_instance_metrics",
+]

@@ -1,0 +1,164 @@
+"""Readers for the benchmark layouts users have on disk, each yielding `EvaluationSample`s.
+
+| name | layout under the root | objects | ignore |
+|---|---|---|---|
+| `grabcut` | `data_GT/<id>.*` images, `boundary_GT/<id>.bmp` | value > 128 | value == 128 |
+| `berkeley` | `images/*.jpg`, `masks/*.png` | value > 128 | value == 128 |
+| `coco_mval` | `img/*.jpg`, `gt/*.png` | value > 128 | - |
+| `davis` | `img/NNN.jpg`, `gt/NNN.png` (palette ids) | single: any id not 0/255; multi: ids 1.. | 255 |
+| `folder` | `images/<stem>.*`, `masks/<stem>.png` (instance ids) | single: one sample per id; multi: all ids | 255 |
+
+Single-instance sets give one sample per object; multi-instance mode gives one sample per image with every
+object. Objects are made non-overlapping as the original does (stable sort by area, largest first, smaller
+objects painted on top).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+@dataclass
+class EvaluationSample:
+    """One evaluation item.
+
+    Attributes:
+        sample_id: a stable name (`<image stem>` or `<image stem>_<object>`).
+        image_path: the image file.
+        instance_map: `(H, W)` int32, 0 background, k + 1 = object k, non-overlapping.
+        ignore: `(H, W)` bool of pixels left out of the protocol, or None.
+    """
+
+    sample_id: str
+    image_path: Path
+    instance_map: np.ndarray
+    ignore: np.ndarray | None = None
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.instance_map.max())
+
+    @property
+    def ignore_masks(self) -> np.ndarray | None:
+        """Per-object ignore masks `(N, H, W)` as the clicker takes them (the same mask for every object)."""
+        if self.ignore is None:
+            return None
+        return np.repeat(self.ignore[None], max(self.num_objects, 1), axis=0)
+
+
+def paint_instances(masks: list[np.ndarray]) -> np.ndarray:
+    """Non-overlapping instance map from possibly overlapping masks: largest first, smaller ones on top (a
+    stable sort, so equal areas keep their order); an object fully covered becomes empty and is kept."""
+    shape = masks[0].shape if masks else (0, 0)
+    instance_map = np.zeros(shape, dtype=np.int32)
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+    for index in order:
+        instance_map[masks[index]] = index + 1
+    return instance_map
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    """Grey values (a palette image is converted to its grey values, not read as indices)."""
+    with Image.open(path) as image:
+        return np.asarray(image if image.mode == "L" else image.convert("L"))
+
+
+def _find_image(folder: Path, stem: str) -> Path:
+    for candidate in sorted(folder.glob(f"{stem}.*")):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES:
+            return candidate
+    raise FileNotFoundError(f"no image for {stem!r} in {folder}")
+
+
+def _binary_samples(images: Path, masks: list[Path], with_ignore: bool) -> Iterator[EvaluationSample]:
+    for mask_path in masks:
+        values = _read_gray(mask_path)
+        ignore = (values == 128) if with_ignore else None
+        yield EvaluationSample(
+            mask_path.stem, _find_image(images, mask_path.stem), (values > 128).astype(np.int32), ignore
+        )
+
+
+def _id_samples(images: Path, masks: list[Path], multi: bool, ignore_value: int = 255) -> Iterator[EvaluationSample]:
+    for mask_path in masks:
+        ids = np.asarray(Image.open(mask_path)).astype(np.int64)
+        if ids.ndim == 3:
+            raise ValueError(f"{mask_path} must be an instance-id (grayscale or palette) PNG, got a colour image")
+        ignore = ids == ignore_value
+        ignore = ignore if ignore.any() else None
+        image_path = _find_image(images, mask_path.stem)
+        objects = [int(v) for v in np.unique(ids) if v not in (0, ignore_value)]
+        if multi:
+            if objects:
+                yield EvaluationSample(mask_path.stem, image_path, paint_instances([ids == v for v in objects]), ignore)
+        else:
+            for value in objects:
+                yield EvaluationSample(f"{mask_path.stem}_{value}", image_path, (ids == value).astype(np.int32), ignore)
+
+
+def _require(root: Path, *folders: str) -> None:
+    missing = [f for f in folders if not (root / f).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{root} does not look like this dataset: missing folder(s) {missing}")
+
+
+def read_dataset(name: str, root: str | Path, mode: str = "single") -> list[EvaluationSample]:
+    """All samples of dataset `name` (see the module docstring) under `root`, in file-name order."""
+    root = Path(root)
+    if mode not in ("single", "multi"):
+        raise ValueError(f"mode must be 'single' or 'multi', got {mode!r}")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist")
+    return list(DATASETS[name](root, mode))
+
+
+def _grabcut(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "data_GT", "boundary_GT")
+    return _binary_samples(root / "data_GT", sorted((root / "boundary_GT").glob("*.bmp")), with_ignore=True)
+
+
+def _berkeley(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "images", "masks")
+    return _binary_samples(root / "images", sorted((root / "masks").glob("*.png")), with_ignore=True)
+
+
+def _coco_mval(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "img", "gt")
+    return _binary_samples(root / "img", sorted((root / "gt").glob("*.png")), with_ignore=False)
+
+
+def _davis(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "img", "gt")
+    masks = sorted((root / "gt").glob("*.png"))
+    if mode == "multi":
+        return _id_samples(root / "img", masks, multi=True)
+
+    def single() -> Iterator[EvaluationSample]:  # the 345-frame protocol: every object together is the object
+        for mask_path in masks:
+            ids = np.asarray(Image.open(mask_path))
+            ignore = ids == 255
+            yield EvaluationSample(
+                mask_path.stem,
+                _find_image(root / "img", mask_path.stem),
+                ((ids != 0) & ~ignore).astype(np.int32),
+                ignore if ignore.any() else None,
+            )
+
+    return single()
+
+
+def _folder(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "images", "masks")
+    return _id_samples(root / "images", sorted((root / "masks").glob("*.png")), multi=mode == "multi")
+
+
+DATASETS = {"grabcut": _grabcut, "berkeley": _berkeley, "coco_mval": _coco_mval, "davis": _davis, "folder": _folder}

@@ -1,0 +1,230 @@
+"""The evaluation protocol: the next-click rule on hand-made masks, oracle segmenters with known answers,
+hand-computed multi-instance metrics, and the readers on the real benchmark sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from reference import DATA, requires_data
+
+from dynamite_hf import Click
+from dynamite_hf.evaluation import (
+    Clicker,
+    EvaluationSample,
+    distance_transform,
+    evaluate_multi_instance,
+    evaluate_single_instance,
+    multi_instance_metrics,
+    read_dataset,
+    single_instance_metrics,
+)
+from dynamite_hf.evaluation.protocols import MultiInstanceResult, Timings
+
+
+def square_map(height=21, width=21, box=(5, 16, 5, 16)) -> np.ndarray:
+    instance_map = np.zeros((height, width), dtype=np.int32)
+    top, bottom, left, right = box
+    instance_map[top:bottom, left:right] = 1
+    return instance_map
+
+
+# -- clicker -----------------------------------------------------------------------------------------------
+
+
+def test_distance_transform_counts_the_border_as_boundary() -> None:
+    full = np.ones((5, 7), dtype=bool)
+    assert distance_transform(full)[2, 3] == 3.0  # 3 px from the top/bottom border (padding)
+    assert distance_transform(full)[0, 0] == 1.0
+
+
+def test_initial_click_is_the_first_raster_maximum_of_the_distance_transform() -> None:
+    clicker = Clicker(square_map(box=(5, 15, 5, 15)))  # 10x10 square: four centre pixels tie
+    (click,) = clicker.initial_clicks()
+    assert (click.instance, click.row, click.col, click.timestamp) == (0, 9.0, 9.0, 0)
+
+
+def test_false_negatives_give_a_positive_click_at_their_centre() -> None:
+    clicker = Clicker(square_map())
+    clicker.initial_clicks()
+    prediction = np.zeros((1, 21, 21), dtype=bool)  # nothing predicted: all of the square is missed
+    prediction[0, 5:16, 5:8] = True  # ...but its left band
+    click = clicker.next_click(0, prediction)
+    # FN = rows 5..15 x cols 8..15, whose DT peaks on row 10 at cols 11-12; the disk around the initial click
+    # (10, 10) blocks col 11 and 12 on row 10 (distance <= 5), so the first free maximum is found elsewhere.
+    assert click.instance == 0 and click.timestamp == 1
+    fn = square_map().astype(bool) & ~prediction[0]
+    blocked = (np.arange(21)[:, None] - 10) ** 2 + (np.arange(21)[None, :] - 10) ** 2 <= 25
+    expected = distance_transform(fn) * ~blocked
+    assert expected[int(click.row), int(click.col)] == expected.max()
+    assert int(np.argmax(expected)) == int(click.row) * 21 + int(click.col)
+
+
+def test_false_positives_give_a_background_click_owned_by_the_ground_truth() -> None:
+    clicker = Clicker(square_map())
+    clicker.initial_clicks()
+    prediction = np.ones((1, 21, 21), dtype=bool)  # everything predicted: the frame around is wrong
+    click = clicker.next_click(0, prediction)
+    assert click.instance is None  # owner read from the ground truth: background
+    assert square_map()[int(click.row), int(click.col)] == 0
+
+
+def test_click_owned_by_another_object() -> None:
+    instance_map = square_map()
+    instance_map[0:4, 0:21] = 2  # a second object along the top
+    clicker = Clicker(instance_map)
+    clicker.initial_clicks()
+    prediction = np.zeros((2, 21, 21), dtype=bool)
+    prediction[0] = instance_map > 0  # object 0 swallowed object 1
+    click = clicker.next_click(0, prediction)
+    assert click.instance == 1
+
+
+def test_no_error_left_clicks_at_the_origin() -> None:
+    clicker = Clicker(square_map())
+    clicker.initial_clicks()
+    click = clicker.next_click(0, square_map()[None].astype(bool))
+    assert (click.row, click.col, click.instance) == (0.0, 0.0, None)
+
+
+def test_ignored_pixels_neither_count_nor_receive_clicks() -> None:
+    ignore = np.zeros((1, 21, 21), dtype=bool)
+    ignore[0, :, 11:] = True
+    clicker = Clicker(square_map(), ignore)
+    (click,) = clicker.initial_clicks()
+    assert click.col < 11
+    prediction = square_map()[None].astype(bool)
+    prediction[0, :, 11:] = False  # wrong only where ignored
+    assert clicker.ious(prediction) == [1.0]
+
+
+# -- protocols with oracles --------------------------------------------------------------------------------
+
+
+class Oracle:
+    """Returns the ground truth from the k-th prediction of an image on (k = 1: perfect at once), empty masks
+    before that; k = None: never anything."""
+
+    def __init__(self, succeed_at: int | None):
+        self.succeed_at = succeed_at
+
+    def start(self, sample: EvaluationSample) -> None:
+        self.sample, self.calls = sample, 0
+
+    def predict(self, clicks: list[Click]) -> np.ndarray:
+        self.calls += 1
+        truth = self.sample.instance_map[None] == np.arange(1, self.sample.num_objects + 1)[:, None, None]
+        perfect = self.succeed_at is not None and self.calls >= self.succeed_at
+        return truth if perfect else np.zeros_like(truth)
+
+
+def samples(count: int = 3, objects: int = 1) -> list[EvaluationSample]:
+    result = []
+    for index in range(count):
+        instance_map = np.zeros((40, 40), dtype=np.int32)
+        for k in range(objects):
+            instance_map[2 + 12 * k : 10 + 12 * k, 5:30] = k + 1
+        result.append(EvaluationSample(f"s{index}", None, instance_map))
+    return result
+
+
+@pytest.mark.parametrize(("succeed_at", "expected_noc", "expected_nfo"), [(1, 1.0, 0), (4, 4.0, 0), (None, 20.0, 3)])
+def test_single_instance_oracles(succeed_at, expected_noc, expected_nfo) -> None:
+    result = evaluate_single_instance(Oracle(succeed_at), samples(), progress=False)
+    metrics = single_instance_metrics(result)
+    assert metrics["NoC@85"] == metrics["NoC@90"] == expected_noc
+    assert metrics["NFO@85"] == metrics["NFO@90"] == expected_nfo
+    assert len(metrics["mIoU_per_click"]) == 20 and metrics["mIoU_per_click"][-1] == (
+        0.0 if succeed_at is None else 1.0
+    )
+    assert all(len(ious) == (20 if succeed_at is None else succeed_at) for ious in result.ious)
+
+
+@pytest.mark.parametrize("strategy", ["best", "worst", "random", "round_robin", "wlb", "max_dt"])
+def test_multi_instance_oracles(strategy) -> None:
+    perfect = multi_instance_metrics(evaluate_multi_instance(Oracle(1), samples(2, 3), strategy, progress=False))
+    assert (perfect["NCI"], perfect["NFO"], perfect["NFI"], perfect["mIoU"]) == (1.0, 0, 0, 1.0)
+    later = multi_instance_metrics(evaluate_multi_instance(Oracle(5), samples(2, 3), strategy, progress=False))
+    assert later["NCI"] == pytest.approx((3 + 4) / 3) and later["NFO"] == 0
+    never = evaluate_multi_instance(Oracle(None), samples(2, 3), strategy, progress=False)
+    metrics = multi_instance_metrics(never)
+    assert never.interactions == [30, 30] and (metrics["NCI"], metrics["NFO"], metrics["NFI"]) == (10.0, 6, 2)
+    assert metrics["mIoU"] == 0.0
+
+
+def test_multi_instance_metrics_by_hand() -> None:
+    result = MultiInstanceResult(
+        sample_ids=["a", "b"],
+        final_ious=[[0.9, 0.5], [0.86, 0.95, 0.2]],
+        interactions=[20, 9],
+        iou_threshold=0.85,
+        timings=Timings(),
+    )
+    metrics = multi_instance_metrics(result)
+    assert metrics["NCI"] == pytest.approx((20 / 2 + 9 / 3) / 2)
+    assert (metrics["NFO"], metrics["NFI"]) == (2, 2)
+    assert metrics["mIoU"] == pytest.approx(((0.9 + 0.5) / 2 + (0.86 + 0.95 + 0.2) / 3) / 2, rel=1e-6)
+
+
+class FixedIoU:
+    """Objects 0 and 1 stay wrong (empty) forever; the order of refinement is then the strategy's."""
+
+    def start(self, sample):
+        self.sample = sample
+
+    def predict(self, clicks):
+        return np.zeros((self.sample.num_objects, 40, 40), dtype=bool)
+
+
+def test_wlb_moves_on_after_ten_clicks_on_the_worst_object() -> None:
+    clicks_seen = []
+
+    class Recorder(FixedIoU):
+        def predict(self, clicks):
+            clicks_seen[:] = clicks
+            return super().predict(clicks)
+
+    evaluate_multi_instance(Recorder(), samples(1, 2), "wlb", progress=False)
+    # Both IoUs stay 0. The worst-ordered object takes corrective clicks until 10 were aimed at it (its initial
+    # click included), then the other one does; with an empty prediction each click lands on its target.
+    owners = [c.instance for c in clicks_seen[2:]]
+    assert len(clicks_seen) == 20
+    assert len(set(owners[:9])) == 1 and owners[9] != owners[0]
+
+
+def test_random_strategy_is_reproducible_and_seeded() -> None:
+    def run(seed_id):
+        return evaluate_multi_instance(Oracle(None), samples(2, 3), "random", seed_id=seed_id, progress=False)
+
+    assert run(0).interactions == run(0).interactions
+
+
+# -- readers on the real sets ------------------------------------------------------------------------------
+
+
+@requires_data
+def test_grabcut_reader_counts_and_ignore_band() -> None:
+    grabcut = read_dataset("grabcut", DATA / "GrabCut")
+    assert len(grabcut) == 50 and all(s.num_objects == 1 for s in grabcut)
+    assert sum(s.ignore is not None and s.ignore.any() for s in grabcut) >= 40
+    for sample in grabcut:
+        assert sample.image_path.is_file()
+        assert not (sample.instance_map.astype(bool) & sample.ignore).any()
+
+
+@requires_data
+def test_davis_reader_single_and_multi() -> None:
+    single = read_dataset("davis", DATA / "DAVIS")
+    multi = read_dataset("davis", DATA / "DAVIS", mode="multi")
+    assert len(single) == len(multi) == 345
+    assert all(s.num_objects == 1 for s in single)
+    assert sum(s.num_objects > 1 for s in multi) == 133 and max(s.num_objects for s in multi) == 4
+    assert sum(s.ignore is not None for s in single) == 1  # the one frame with void pixels
+    for one, many in zip(single, multi, strict=True):
+        assert np.array_equal(one.instance_map > 0, many.instance_map > 0)
+
+
+def test_unknown_dataset_and_missing_folders_are_named(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown dataset 'sbdx'"):
+        read_dataset("sbdx", tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing folder"):
+        read_dataset("grabcut", tmp_path)
