@@ -230,3 +230,79 @@ def test_unknown_dataset_and_missing_folders_are_named(tmp_path) -> None:
         read_dataset("sbdx", tmp_path)
     with pytest.raises(FileNotFoundError, match="missing folder"):
         read_dataset("grabcut", tmp_path)
+
+
+# -- readers on small files in the native layouts ----------------------------------------------------------
+
+
+def _write_image(path, height=20, width=30):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(path)
+
+
+def test_sbd_reader_reads_gtinst_mat(tmp_path) -> None:
+    from scipy.io import savemat
+
+    segmentation = np.zeros((20, 30), dtype=np.uint8)
+    segmentation[2:8, 2:10], segmentation[10:18, 12:28] = 1, 2
+    (tmp_path / "inst").mkdir()
+    savemat(tmp_path / "inst" / "2008_000001.mat", {"GTinst": {"Segmentation": segmentation}})
+    _write_image(tmp_path / "img" / "2008_000001.jpg")
+    (tmp_path / "val.txt").write_text("2008_000001\n")
+    single = read_dataset("sbd", tmp_path)
+    assert [s.sample_id for s in single] == ["2008_000001_0", "2008_000001_1"]
+    multi = read_dataset("sbd", tmp_path, mode="multi")
+    assert multi[0].num_objects == 2 and np.array_equal(multi[0].instance_map > 0, segmentation > 0)
+
+
+def test_pascal_voc_reader_treats_255_as_void(tmp_path) -> None:
+    from PIL import Image
+
+    ids = np.zeros((20, 30), dtype=np.uint8)
+    ids[2:8, 2:10], ids[10:18, 12:28], ids[0, :] = 1, 2, 255
+    (tmp_path / "SegmentationObject").mkdir()
+    palette_image = Image.fromarray(ids, mode="P")
+    palette_image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [224, 224, 192] * 253)
+    palette_image.save(tmp_path / "SegmentationObject" / "x.png")
+    _write_image(tmp_path / "JPEGImages" / "x.jpg")
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("x\n")
+    samples_ = read_dataset("pascal_voc", tmp_path)
+    assert len(samples_) == 2 and samples_[0].ignore[0].all() and samples_[0].ignore[1:].sum() == 0
+
+
+def test_coco_reader_rasterises_polygons_and_drops_crowds(tmp_path) -> None:
+    import json
+
+    _write_image(tmp_path / "val2017" / "000001.jpg")
+    document = {
+        "images": [{"id": 1, "file_name": "000001.jpg", "height": 20, "width": 30}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 48.0,
+                "bbox": [2, 2, 8, 6],
+                "segmentation": [[2, 2, 10, 2, 10, 8, 2, 8]],
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 1,
+                "area": 10.0,
+                "bbox": [0, 0, 5, 2],
+                "segmentation": [[0, 0, 5, 0, 5, 2, 0, 2]],
+            },
+        ],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val2017.json").write_text(json.dumps(document))
+    (sample,) = read_dataset("coco", tmp_path)
+    assert sample.num_objects == 1 and sample.image_path.name == "000001.jpg"
+    assert sample.instance_map[5, 6] == 1 and sample.instance_map[15, 25] == 0

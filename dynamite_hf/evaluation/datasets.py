@@ -7,6 +7,9 @@
 | `coco_mval` | `img/*.jpg`, `gt/*.png` | value > 128 | - |
 | `davis` | `img/NNN.jpg`, `gt/NNN.png` (palette ids) | single: any id not 0/255; multi: ids 1.. | 255 |
 | `folder` | `images/<stem>.*`, `masks/<stem>.png` (instance ids) | single: one sample per id; multi: all ids | 255 |
+| `sbd` | `img/*.jpg`, `inst/*.mat` (`GTinst.Segmentation`), `val.txt` | instance ids | - |
+| `pascal_voc` | `JPEGImages/`, `SegmentationObject/*.png`, `ImageSets/Segmentation/val.txt` | palette ids | 255 (void) |
+| `coco` | `annotations/instances_<split>.json` (COCO or LVIS), images in `<split>/` | non-crowd instances | - |
 
 Single-instance sets give one sample per object; multi-instance mode gives one sample per image with every
 object. Objects are made non-overlapping as the original does (stable sort by area, largest first, smaller
@@ -161,4 +164,70 @@ def _folder(root: Path, mode: str) -> Iterator[EvaluationSample]:
     return _id_samples(root / "images", sorted((root / "masks").glob("*.png")), multi=mode == "multi")
 
 
-DATASETS = {"grabcut": _grabcut, "berkeley": _berkeley, "coco_mval": _coco_mval, "davis": _davis, "folder": _folder}
+def _split_samples(
+    sample_id: str, image_path: Path, masks: list[np.ndarray], mode: str, ignore: np.ndarray | None = None
+) -> Iterator[EvaluationSample]:
+    if mode == "multi":
+        if masks:
+            yield EvaluationSample(sample_id, image_path, paint_instances(masks), ignore)
+        return
+    for index, mask in enumerate(masks):
+        yield EvaluationSample(f"{sample_id}_{index}", image_path, mask.astype(np.int32), ignore)
+
+
+def _ids_from_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _sbd(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    from scipy.io import loadmat
+
+    _require(root, "img", "inst")
+    if not (root / "val.txt").is_file():
+        raise FileNotFoundError(f"{root} does not look like SBD: missing val.txt")
+    for stem in _ids_from_list(root / "val.txt"):
+        segmentation = loadmat(root / "inst" / f"{stem}.mat")["GTinst"]["Segmentation"][0][0]
+        ids = [int(v) for v in np.unique(segmentation) if v != 0]
+        yield from _split_samples(stem, root / "img" / f"{stem}.jpg", [segmentation == v for v in ids], mode)
+
+
+def _pascal_voc(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    _require(root, "JPEGImages", "SegmentationObject")
+    listing = root / "ImageSets" / "Segmentation" / "val.txt"
+    if not listing.is_file():
+        raise FileNotFoundError(f"{root} does not look like Pascal VOC: missing {listing.relative_to(root)}")
+    for stem in _ids_from_list(listing):
+        ids = np.asarray(Image.open(root / "SegmentationObject" / f"{stem}.png"))
+        void = ids == 255
+        masks = [ids == v for v in np.unique(ids) if v not in (0, 255)]
+        yield from _split_samples(stem, root / "JPEGImages" / f"{stem}.jpg", masks, mode, void if void.any() else None)
+
+
+def _coco(root: Path, mode: str) -> Iterator[EvaluationSample]:
+    from pycocotools.coco import COCO
+
+    files = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"{root} does not look like COCO/LVIS: no annotations/*.json")
+    annotations = files[0]
+    split = annotations.stem.split("_", 1)[-1]
+    images = root / split if (root / split).is_dir() else root / "images"
+    coco = COCO(str(annotations))
+    for image_id in sorted(coco.getImgIds()):
+        info = coco.loadImgs(image_id)[0]
+        anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=image_id)) if not a.get("iscrowd", 0)]
+        masks = [coco.annToMask(a).astype(bool) for a in anns]
+        file_name = info.get("file_name") or Path(info["coco_url"]).name  # LVIS stores a URL instead
+        yield from _split_samples(str(image_id), images / file_name, masks, mode)
+
+
+DATASETS = {
+    "grabcut": _grabcut,
+    "berkeley": _berkeley,
+    "coco_mval": _coco_mval,
+    "davis": _davis,
+    "folder": _folder,
+    "sbd": _sbd,
+    "pascal_voc": _pascal_voc,
+    "coco": _coco,
+}
