@@ -306,3 +306,20 @@ def test_coco_reader_rasterises_polygons_and_drops_crowds(tmp_path) -> None:
     (sample,) = read_dataset("coco", tmp_path)
     assert sample.num_objects == 1 and sample.image_path.name == "000001.jpg"
     assert sample.instance_map[5, 6] == 1 and sample.instance_map[15, 25] == 0
+
+
+@requires_data
+def test_readers_round_trip_through_a_datasets_dataset(tmp_path) -> None:
+    from datasets import load_from_disk
+
+    from dynamite_hf.evaluation.datasets import from_hf_row, to_hf_dataset
+
+    original = read_dataset("davis", DATA / "DAVIS", mode="multi")[:3] + read_dataset("grabcut", DATA / "GrabCut")[:2]
+    to_hf_dataset(original).save_to_disk(tmp_path / "ds")
+    dataset = load_from_disk(tmp_path / "ds")
+    assert len(dataset) == 5 and dataset[0]["image"].size == (854, 480)
+    for sample, row in zip(original, dataset, strict=True):
+        restored = from_hf_row(row)
+        assert restored.sample_id == sample.sample_id
+        assert np.array_equal(restored.instance_map, sample.instance_map)
+        assert (restored.ignore is None) == (sample.ignore is None)

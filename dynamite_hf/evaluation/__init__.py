@@ -4,7 +4,7 @@ single-instance (NoC) and multi-instance (NCI/NFO/NFI/mIoU) protocols."""
 from __future__ import annotations
 
 from .clicker import Clicker, distance_transform, exclusion_disk
-from .datasets import DATASETS, EvaluationSample, read_dataset
+from .datasets import DATASETS, EvaluationSample, from_hf_row, read_dataset, to_hf_dataset
 from .protocols import (
     MULTI_INSTANCE_STRATEGIES,
     MultiInstanceResult,
@@ -26,7 +26,9 @@ __all__ = [
     "evaluate_multi_instance",
     "evaluate_single_instance",
     "exclusion_disk",
+    "from_hf_row",
     "multi_instance_metrics",
     "read_dataset",
     "single_instance_metrics",
+    "to_hf_dataset",
 ]

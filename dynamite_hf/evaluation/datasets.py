@@ -231,3 +231,56 @@ DATASETS = {
     "pascal_voc": _pascal_voc,
     "coco": _coco,
 }
+
+
+def to_hf_dataset(samples: list[EvaluationSample]):
+    """The samples as a Hugging Face `datasets.Dataset` (masks as COCO RLE, images as `datasets.Image`), so that
+    evaluation and training read the same objects; `save_to_disk` / `push_to_hub` work on it as usual.
+
+    Columns: `sample_id`, `image`, `height`, `width`, `masks` (per object `{"size", "counts"}` RLE, the objects
+    already non-overlapping, in instance order) and `ignore` (RLE, or None).
+    """
+    import datasets
+
+    from ..export import mask_to_rle
+
+    rle = datasets.Features({"size": datasets.Sequence(datasets.Value("int32")), "counts": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "sample_id": datasets.Value("string"),
+            "image": datasets.Image(),
+            "height": datasets.Value("int32"),
+            "width": datasets.Value("int32"),
+            "masks": [rle],  # a list of structs (Sequence would store a struct of lists)
+            "ignore": rle,
+        }
+    )
+
+    def rows():
+        for sample in samples:
+            masks = [mask_to_rle(sample.instance_map == k + 1) for k in range(sample.num_objects)]
+            yield {
+                "sample_id": sample.sample_id,
+                "image": str(sample.image_path),
+                "height": sample.instance_map.shape[0],
+                "width": sample.instance_map.shape[1],
+                "masks": masks,
+                "ignore": mask_to_rle(sample.ignore) if sample.ignore is not None else None,
+            }
+
+    return datasets.Dataset.from_generator(rows, features=features)
+
+
+def from_hf_row(row: dict, image_path: Path | None = None) -> EvaluationSample:
+    """An `EvaluationSample` back from a `to_hf_dataset` row (the image stays in the dataset's `image` column;
+    `image_path` names a file for it when the sample is evaluated from disk)."""
+    from pycocotools import mask as mask_utils
+
+    def decode(rle: dict) -> np.ndarray:
+        return mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")}).astype(bool)
+
+    instance_map = np.zeros((row["height"], row["width"]), dtype=np.int32)
+    for index, rle in enumerate(row["masks"]):
+        instance_map[decode(rle)] = index + 1
+    ignore = decode(row["ignore"]) if row.get("ignore") else None
+    return EvaluationSample(row["sample_id"], image_path, instance_map, ignore)
