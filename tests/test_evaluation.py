@@ -323,3 +323,16 @@ def test_readers_round_trip_through_a_datasets_dataset(tmp_path) -> None:
         assert restored.sample_id == sample.sample_id
         assert np.array_equal(restored.instance_map, sample.instance_map)
         assert (restored.ignore is None) == (sample.ignore is None)
+
+
+def test_an_object_covered_by_smaller_ones_stays_as_an_empty_object() -> None:
+    from dynamite_hf.evaluation.datasets import paint_instances
+
+    big = np.zeros((20, 20), dtype=bool)
+    big[2:6, 2:6] = True
+    small = big.copy()  # same pixels, painted over the earlier (equal-area, so stable) object
+    instance_map = paint_instances([big, small])
+    sample = EvaluationSample("x", None, instance_map, None, object_count=2)
+    assert instance_map.max() == 2 and not (instance_map == 1).any()
+    result = evaluate_multi_instance(Oracle(1), [sample], "worst", progress=False)
+    assert len(result.final_ious[0]) == 2  # the empty object is kept (its IoU is undefined: NaN, a failure)

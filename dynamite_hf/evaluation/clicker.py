@@ -42,11 +42,18 @@ class Clicker:
         instance_map: `(H, W)` int, 0 background, k + 1 = object k (objects already made non-overlapping).
         ignore_masks: `(N, H, W)` bool per object, or None; ignored pixels never receive clicks.
         radius: earlier clicks block a disk of this radius (`sampling_strategy=1` of the original).
+        num_objects: the object count when some objects are empty (default: the largest id).
     """
 
-    def __init__(self, instance_map: np.ndarray, ignore_masks: np.ndarray | None = None, radius: float = CLICK_RADIUS):
+    def __init__(
+        self,
+        instance_map: np.ndarray,
+        ignore_masks: np.ndarray | None = None,
+        radius: float = CLICK_RADIUS,
+        num_objects: int | None = None,
+    ):
         self.instance_map = np.asarray(instance_map)
-        self.num_objects = int(self.instance_map.max())
+        self.num_objects = int(self.instance_map.max()) if num_objects is None else num_objects
         self.gt_masks = self.instance_map[None] == np.arange(1, self.num_objects + 1)[:, None, None]
         self.ignore_masks = ignore_masks
         self.radius = radius

@@ -37,16 +37,19 @@ class EvaluationSample:
         image_path: the image file.
         instance_map: `(H, W)` int32, 0 background, k + 1 = object k, non-overlapping.
         ignore: `(H, W)` bool of pixels left out of the protocol, or None.
+        object_count: the number of objects when some may be empty (fully covered by smaller ones, which the
+            original keeps); by default the largest id in `instance_map`.
     """
 
     sample_id: str
     image_path: Path
     instance_map: np.ndarray
     ignore: np.ndarray | None = None
+    object_count: int | None = None
 
     @property
     def num_objects(self) -> int:
-        return int(self.instance_map.max())
+        return int(self.instance_map.max()) if self.object_count is None else self.object_count
 
     @property
     def ignore_masks(self) -> np.ndarray | None:
@@ -100,7 +103,8 @@ def _id_samples(images: Path, masks: list[Path], multi: bool, ignore_value: int 
         objects = [int(v) for v in np.unique(ids) if v not in (0, ignore_value)]
         if multi:
             if objects:
-                yield EvaluationSample(mask_path.stem, image_path, paint_instances([ids == v for v in objects]), ignore)
+                instance_map = paint_instances([ids == v for v in objects])
+                yield EvaluationSample(mask_path.stem, image_path, instance_map, ignore, len(objects))
         else:
             for value in objects:
                 yield EvaluationSample(f"{mask_path.stem}_{value}", image_path, (ids == value).astype(np.int32), ignore)
@@ -169,7 +173,7 @@ def _split_samples(
 ) -> Iterator[EvaluationSample]:
     if mode == "multi":
         if masks:
-            yield EvaluationSample(sample_id, image_path, paint_instances(masks), ignore)
+            yield EvaluationSample(sample_id, image_path, paint_instances(masks), ignore, len(masks))
         return
     for index, mask in enumerate(masks):
         yield EvaluationSample(f"{sample_id}_{index}", image_path, mask.astype(np.int32), ignore)
@@ -283,4 +287,4 @@ def from_hf_row(row: dict, image_path: Path | None = None) -> EvaluationSample:
     for index, rle in enumerate(row["masks"]):
         instance_map[decode(rle)] = index + 1
     ignore = decode(row["ignore"]) if row.get("ignore") else None
-    return EvaluationSample(row["sample_id"], image_path, instance_map, ignore)
+    return EvaluationSample(row["sample_id"], image_path, instance_map, ignore, len(row["masks"]))

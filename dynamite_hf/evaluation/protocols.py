@@ -90,7 +90,7 @@ def evaluate_single_instance(
     threshold = np.float32(iou_threshold)
     result = SingleInstanceResult([], [], max_clicks, Timings())
     for sample in tqdm(samples, desc="single-instance", unit="sample", disable=not progress):
-        clicker = Clicker(sample.instance_map, sample.ignore_masks)
+        clicker = Clicker(sample.instance_map, sample.ignore_masks, num_objects=sample.num_objects)
         clicker.initial_clicks()
         prediction = result.timings.first_prediction(segmenter, sample, list(clicker.clicks))
         ious = [float(clicker.ious(prediction)[0])]
@@ -156,7 +156,7 @@ def evaluate_multi_instance(
     rng = random.Random(123456 + seed_id)  # seeded once per evaluation: image order matters, as in the original
     result = MultiInstanceResult([], [], [], iou_threshold, Timings())
     for sample in tqdm(samples, desc=f"multi-instance ({strategy})", unit="image", disable=not progress):
-        clicker = Clicker(sample.instance_map, sample.ignore_masks)
+        clicker = Clicker(sample.instance_map, sample.ignore_masks, num_objects=sample.num_objects)
         clicker.initial_clicks()
         count = clicker.num_objects
         prediction = result.timings.first_prediction(segmenter, sample, list(clicker.clicks))
