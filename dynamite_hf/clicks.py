@@ -84,3 +84,15 @@ def order_clicks(clicks: Sequence[Click], argument: str = "clicks") -> tuple[lis
     ordered += [c for c in clicks if c.instance is None]
     counts = [sum(1 for c in clicks if c.instance == i) for i in instances]
     return ordered, counts
+
+
+def without_instance(clicks: Sequence[Click], instance: int) -> list[Click]:
+    """`clicks` without `instance`'s clicks: instances above it move down by one (k -> k - 1), timestamps are
+    renumbered 0..n-1 in click order."""
+    kept = [c for c in clicks if c.instance != instance]
+    return [
+        replace(
+            c, instance=c.instance - 1 if c.instance is not None and c.instance > instance else c.instance, timestamp=t
+        )
+        for t, c in enumerate(kept)
+    ]

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from . import export
-from .clicks import Click
+from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, load_image
 from .modeling_dynamite import DynamiteModel
 from .predictor import DynamitePredictor
@@ -178,11 +178,7 @@ class DynamiteApp:
         target = state.selected
         if target >= state.num_instances:
             return state, "⚠️ Select an existing instance to remove."
-        kept = [c for c in state.clicks if c.instance != target]
-        shifted = [
-            Click(c.instance - 1 if c.instance is not None and c.instance > target else c.instance, c.row, c.col, t)
-            for t, c in enumerate(kept)
-        ]
+        shifted = without_instance(state.clicks, target)
         state.history = [*state.history, shifted]
         state.selected = max(0, min(target, state.num_instances - 1))
         return state, f"Removed instance {target + 1}; the instances after it moved down by one."

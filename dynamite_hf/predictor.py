@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .clicks import Click
+from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
 from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel
 
@@ -137,15 +137,7 @@ class DynamitePredictor:
         self._require_image()
         if not isinstance(instance, (int, np.integer)) or not 0 <= instance < self.num_instances:
             raise ValueError(f"instance must be in 0..{self.num_instances - 1}, got {instance!r}")
-        kept = [c for c in self.clicks if c.instance != instance]
-        renumbered = [
-            replace(
-                c,
-                instance=c.instance - 1 if c.instance is not None and c.instance > instance else c.instance,
-                timestamp=t,
-            )
-            for t, c in enumerate(kept)
-        ]
+        renumbered = without_instance(self.clicks, instance)
         self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
         return self.masks
 

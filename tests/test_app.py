@@ -129,3 +129,19 @@ def expected_label_map_from(model, state) -> np.ndarray:
     predictor.set_image(state.image)
     predictor.set_clicks(state.clicks)
     return predictor.label_map
+
+
+def test_remove_instance_in_the_app_renumbers_like_the_predictor(tmp_path) -> None:
+    app = DynamiteApp(tiny_model(), "tiny")
+    state, _ = app.load(SessionState(), write_image(tmp_path, 0), "s")
+    state, _ = app.click(state, 10, 10, False, "s")
+    state, _ = app.add_instance(state)
+    state, _ = app.click(state, 40, 60, False, "s")
+    state, _ = app.add_instance(state)
+    state, _ = app.click(state, 30, 20, False, "s")
+    state, _ = app.select_instance(state, 1)
+    state, message = app.remove_instance(state)
+    assert [(c.instance, c.row, c.timestamp) for c in state.clicks] == [(0, 10.0, 0), (1, 30.0, 1)]
+    assert "Removed instance 2" in message
+    state, _ = app.undo(state)
+    assert [c.instance for c in state.clicks] == [0, 1, 2]
