@@ -163,7 +163,12 @@ class DynamiteModel(DynamitePreTrainedModel):
         """
         self._check_pixel_values(pixel_values)
         backbone_features = self.backbone(pixel_values)
-        mask_features, multi_scale_features = self.pixel_decoder(backbone_features)
+        if torch.is_autocast_enabled(pixel_values.device.type):
+            # Mixed-precision training keeps the deformable-attention pixel decoder in float32, as the original.
+            with torch.autocast(pixel_values.device.type, enabled=False):
+                mask_features, multi_scale_features = self.pixel_decoder([f.float() for f in backbone_features])
+        else:
+            mask_features, multi_scale_features = self.pixel_decoder(backbone_features)
         memory = self.interactive_transformer.prepare_memory(multi_scale_features, mask_features)
         return DynamiteImageFeatures(
             mask_features=mask_features,
@@ -213,6 +218,36 @@ class DynamiteModel(DynamitePreTrainedModel):
         if len(image_sizes) != batch or len(output_sizes) != batch:
             raise ValueError(f"image_sizes and output_sizes must have one (height, width) per image ({batch})")
 
+        pred_masks, auxiliary, counts = self.query_logits(
+            image_features, clicks, image_sizes, max_timestamp, output_auxiliary
+        )
+        instance_logits, label_maps = [], []
+        for index in range(batch):
+            logits = self.post_process_logits(pred_masks[index], padded_size, image_sizes[index], output_sizes[index])
+            image_instances, label_map = fuse_instances(logits, counts[index])
+            instance_logits.append(image_instances)
+            label_maps.append(label_map)
+        return DynamiteModelOutput(
+            pred_masks=pred_masks,
+            instance_logits=instance_logits,
+            label_maps=label_maps,
+            aux_pred_masks=tuple(auxiliary) if output_auxiliary else None,
+            num_clicks_per_instance=counts,
+            image_features=image_features,
+        )
+
+    def query_logits(
+        self,
+        image_features: DynamiteImageFeatures,
+        clicks: Sequence[Sequence[Click]],
+        image_sizes: Sequence[tuple[int, int]],
+        max_timestamp: Sequence[int] | None = None,
+        output_auxiliary: bool = False,
+    ) -> tuple[Tensor, list[Tensor], list[list[int]]]:
+        """The interactive transformer on checked, ordered clicks: per-query logits `(batch, queries, H/4, W/4)`,
+        the auxiliary predictions (if asked) and each image's clicks per instance. Training calls this directly
+        (no resizing to the output size); `forward` adds the instance fusion."""
+        padded_size = image_features.padded_size
         ordered, counts = [], []
         for index, image_clicks in enumerate(clicks):
             name = f"clicks[{index}]"
@@ -245,20 +280,7 @@ class DynamiteModel(DynamitePreTrainedModel):
             queries,
             output_auxiliary=output_auxiliary,
         )
-        instance_logits, label_maps = [], []
-        for index in range(batch):
-            logits = self.post_process_logits(pred_masks[index], padded_size, image_sizes[index], output_sizes[index])
-            image_instances, label_map = fuse_instances(logits, counts[index])
-            instance_logits.append(image_instances)
-            label_maps.append(label_map)
-        return DynamiteModelOutput(
-            pred_masks=pred_masks,
-            instance_logits=instance_logits,
-            label_maps=label_maps,
-            aux_pred_masks=tuple(auxiliary) if output_auxiliary else None,
-            num_clicks_per_instance=counts,
-            image_features=image_features,
-        )
+        return pred_masks, auxiliary, counts
 
     @staticmethod
     def post_process_logits(

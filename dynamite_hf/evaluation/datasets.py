@@ -238,50 +238,28 @@ DATASETS = {
 
 
 def to_hf_dataset(samples: list[EvaluationSample]):
-    """The samples as a Hugging Face `datasets.Dataset` (masks as COCO RLE, images as `datasets.Image`), so that
-    evaluation and training read the same objects; `save_to_disk` / `push_to_hub` work on it as usual.
+    """The samples as a Hugging Face `datasets.Dataset` of the schema training reads
+    (`dynamite_hf.instance_datasets`: embedded image, one RLE per object in instance order, already
+    non-overlapping, and the ignore mask), for `save_to_disk` / `push_to_hub`."""
+    from ..instance_datasets import InstanceExample, build_dataset
 
-    Columns: `sample_id`, `image`, `height`, `width`, `masks` (per object `{"size", "counts"}` RLE, the objects
-    already non-overlapping, in instance order) and `ignore` (RLE, or None).
-    """
-    import datasets
-
-    from ..export import mask_to_rle
-
-    rle = datasets.Features({"size": datasets.Sequence(datasets.Value("int32")), "counts": datasets.Value("string")})
-    features = datasets.Features(
-        {
-            "sample_id": datasets.Value("string"),
-            "image": datasets.Image(),
-            "height": datasets.Value("int32"),
-            "width": datasets.Value("int32"),
-            "masks": [rle],  # a list of structs (Sequence would store a struct of lists)
-            "ignore": rle,
-        }
+    examples = (
+        InstanceExample(
+            sample.sample_id,
+            sample.image_path,
+            [sample.instance_map == k + 1 for k in range(sample.num_objects)],
+            [],
+            sample.ignore,
+        )
+        for sample in samples
     )
-
-    def rows():
-        for sample in samples:
-            masks = [mask_to_rle(sample.instance_map == k + 1) for k in range(sample.num_objects)]
-            yield {
-                "sample_id": sample.sample_id,
-                "image": str(sample.image_path),
-                "height": sample.instance_map.shape[0],
-                "width": sample.instance_map.shape[1],
-                "masks": masks,
-                "ignore": mask_to_rle(sample.ignore) if sample.ignore is not None else None,
-            }
-
-    return datasets.Dataset.from_generator(rows, features=features)
+    return build_dataset(list(examples), keep_empty=True)
 
 
 def from_hf_row(row: dict, image_path: Path | None = None) -> EvaluationSample:
     """An `EvaluationSample` back from a `to_hf_dataset` row (the image stays in the dataset's `image` column;
     `image_path` names a file for it when the sample is evaluated from disk)."""
-    from pycocotools import mask as mask_utils
-
-    def decode(rle: dict) -> np.ndarray:
-        return mask_utils.decode({"size": list(rle["size"]), "counts": rle["counts"].encode("ascii")}).astype(bool)
+    from ..instance_datasets import decode_rle as decode
 
     instance_map = np.zeros((row["height"], row["width"]), dtype=np.int32)
     for index, rle in enumerate(row["masks"]):

@@ -1,0 +1,99 @@
+"""The training loss (spec section 2.3): per image, N instance predictions (max over each instance's click
+queries) and one background prediction (max over every other query) against the N instance masks and the
+background mask; point-sampled BCE + Dice (Mask2Former/PointRend importance sampling), deep supervision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def point_sample(inputs: Tensor, coords_xy: Tensor) -> Tensor:
+    """Values of `inputs` `(M, C, H, W)` at normalised `[0, 1]` xy points `(M, P, 2)`: `(M, C, P)` (bilinear,
+    `align_corners=False`, zero outside)."""
+    return F.grid_sample(inputs, 2.0 * coords_xy[:, :, None, :] - 1.0, align_corners=False)[..., 0]
+
+
+def uncertain_points(
+    logits: Tensor,
+    num_points: int,
+    oversample_ratio: float,
+    importance_ratio: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Point coordinates `(M, num_points, 2)`: the `importance_ratio` share most uncertain (smallest |logit|)
+    among `oversample_ratio * num_points` random candidates, the rest uniform."""
+    masks = logits.shape[0]
+    candidates = torch.rand(masks, int(num_points * oversample_ratio), 2, generator=generator, device=logits.device)
+    uncertainty = -point_sample(logits, candidates).abs()[:, 0]
+    num_uncertain = int(importance_ratio * num_points)
+    top = uncertainty.topk(num_uncertain, dim=1).indices
+    chosen = torch.gather(candidates, 1, top[..., None].expand(-1, -1, 2))
+    uniform = torch.rand(masks, num_points - num_uncertain, 2, generator=generator, device=logits.device)
+    return torch.cat((chosen, uniform), dim=1)
+
+
+def group_logits(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> Tensor:
+    """`(Q, h, w)` per-query logits -> `(N + 1, h, w)`: each instance's max over its queries, then the max over
+    every remaining query (background clicks, batch padding, static background queries)."""
+    groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
+    return torch.stack([group.amax(0) for group in groups])
+
+
+def mask_losses(
+    predictions: Sequence[Tensor],
+    targets: Sequence[Tensor],
+    num_masks: float,
+    num_points: int = 12544,
+    oversample_ratio: float = 3.0,
+    importance_ratio: float = 0.75,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Sigmoid BCE and Dice over sampled points, summed over masks and divided by `num_masks`.
+
+    Args:
+        predictions: per image `(N_i + 1, h, w)` logits (stride 4).
+        targets: per image `(N_i + 1, H, W)` float masks at the input resolution.
+        num_masks: the normaliser (sum of N_i + 1 over the global batch, divided by the process count).
+    """
+    logits = torch.cat(list(predictions))[:, None]
+    labels = torch.cat(list(targets))[:, None].to(logits.dtype)
+    with torch.no_grad():
+        coords = uncertain_points(logits.float(), num_points, oversample_ratio, importance_ratio, generator)
+        point_labels = point_sample(labels, coords)[:, 0]
+    point_logits = point_sample(logits, coords.to(logits.dtype))[:, 0]
+    bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1).sum() / num_masks
+    probabilities = point_logits.sigmoid()
+    numerator = 2 * (probabilities * point_labels).sum(-1)
+    denominator = probabilities.sum(-1) + point_labels.sum(-1)
+    dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
+    return bce, dice
+
+
+def deep_supervision_loss(
+    pred_masks: Tensor,
+    aux_pred_masks: Sequence[Tensor],
+    num_clicks_per_instance: Sequence[Sequence[int]],
+    targets: Sequence[Tensor],
+    num_masks: float,
+    bce_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    generator: torch.Generator | None = None,
+    **point_options,
+) -> tuple[Tensor, dict[str, float]]:
+    """Weighted BCE + Dice on the final prediction and each auxiliary one given; returns the total and the
+    per-term values (final prediction's BCE / Dice and the auxiliary sum) for logging."""
+    total = pred_masks.new_zeros(())
+    logged = {}
+    for name, query_logits in [("final", pred_masks)] + [(f"aux_{i}", a) for i, a in enumerate(aux_pred_masks)]:
+        predictions = [group_logits(query_logits[i], counts) for i, counts in enumerate(num_clicks_per_instance)]
+        bce, dice = mask_losses(predictions, targets, num_masks, generator=generator, **point_options)
+        total = total + bce_weight * bce + dice_weight * dice
+        if name == "final":
+            logged.update(loss_bce=bce.item(), loss_dice=dice.item())
+    logged["loss"] = total.item()
+    return total, logged
