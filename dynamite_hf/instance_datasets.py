@@ -255,14 +255,19 @@ def read_id_folder(
 def read_binary_folder(
     images: Path, masks: Path, prefix: str = "binary", mask_suffixes: tuple[str, ...] = ("",)
 ) -> Iterator[InstanceExample]:
-    """Images with figure-ground masks (grey > 128 is the object; RGB masks are converted to grey first)."""
+    """Images with figure-ground masks (grey > 128 is the object; RGB masks are converted to grey first, masks
+    of another size are resized to the image, nearest neighbour)."""
     for image_path in _image_files(images):
         mask_path = _mask_for(masks, image_path.stem, mask_suffixes)
         if mask_path is None:
             yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [])
             continue
         with Image.open(mask_path) as mask_image:
-            grey = np.asarray(mask_image.convert("L"))
+            grey = mask_image.convert("L")
+            size = _image_size(image_path)
+            if size is not None and grey.size != size:  # Weizmann horses ship masks at the grey images' size
+                grey = grey.resize(size, Image.NEAREST)
+            grey = np.asarray(grey)
         yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [grey > 128])
 
 

@@ -128,7 +128,8 @@ class DynamiteModel(DynamitePreTrainedModel):
         self.pixel_decoder = DynamitePixelDecoder(config, tuple(self.backbone.out_channels))
         self.interactive_transformer = DynamiteInteractiveTransformer(config)
         self.post_init()
-        if config.use_imagenet_backbone:
+        # from_pretrained builds on the meta device and then loads every weight from the file instead.
+        if config.use_imagenet_backbone and not next(self.backbone.parameters()).is_meta:
             self.load_imagenet_backbone()
 
     def load_imagenet_backbone(self, path: str | None = None) -> None:

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", action="append", required=True, help="KIND:PATH[:PATH], repeatable")
     parser.add_argument("--output", required=True, help="folder for save_to_disk")
     parser.add_argument("--limit", type=int, help="keep only the first N images of each source")
+    parser.add_argument("--exclude", action="append", default=[], help="sample id to leave out, repeatable")
     parser.add_argument("--max-shard-size", default="500MB")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset to this Hub repo")
     args = parser.parse_args(argv)
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     examples = itertools.chain.from_iterable(itertools.islice(s, args.limit) for s in sources)
+    excluded = set(args.exclude)
+    examples = (e for e in examples if e.sample_id not in excluded)
     skipped = SkipCounter()
     with warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -365,7 +365,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
             _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
     progress.close()
-    if arguments.checkpoint_every:
+    # (decided from the step, never from the file system, so every process takes part in the same collectives)
+    if arguments.checkpoint_every and state.step % arguments.checkpoint_every:
         _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
 
     digests = gather_object([weights_digest(unwrapped.model)])
@@ -396,8 +397,6 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
 
 def _save_checkpoint(accelerator, folder: Path, step: int, total_limit: int) -> None:
     path = folder / f"step_{step}"
-    if path.exists():
-        return
     accelerator.save_state(str(path))
     if accelerator.is_main_process and total_limit > 0:
         for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-total_limit]:
