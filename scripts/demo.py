@@ -1,11 +1,10 @@
 #!/usr/bin/env python
 """A short end-to-end run: load a model, set an image, click two objects and the background, save the masks.
 
-    python scripts/demo.py                                   # generated example scene, CPU preset
+    python scripts/demo.py                                   # generated example scene, bundled model
     python scripts/demo.py --model path/to/model --image photo.jpg --click 120,300,0 --click 400,80,1
 
-Until the bundled trained model lands, the default model is the CPU preset with its ImageNet MobileNetV2
-backbone and an UNTRAINED interactive head: the pipeline runs end to end, but its masks mean nothing.
+The default model is the app's: `$DYNAMITE_MODEL`, else the bundled `models/dynamite-mobilenet-v2`.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dynamite_hf import DynamiteConfig, DynamiteModel, DynamitePredictor
+from dynamite_hf import DynamitePredictor
 from dynamite_hf.export import render_overlay, save_coco, save_palette_label_map
+from dynamite_hf.gradio_app import load_app_model
 from dynamite_hf.runtime import tune_cpu_allocator
 
 
@@ -35,18 +35,15 @@ def example_scene(height: int = 360, width: int = 540) -> tuple[np.ndarray, list
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="save_pretrained folder (default: CPU preset, untrained head)")
+    parser.add_argument("--model", help="save_pretrained folder or Hub id (default: the app's default model)")
     parser.add_argument("--image", help="image file (default: a generated example scene)")
     parser.add_argument("--click", action="append", help="ROW,COL,INSTANCE (INSTANCE 'bg' for background)")
     parser.add_argument("--output", default="demo_output", help="folder for overlay.png, masks and coco.json")
     args = parser.parse_args(argv)
     tune_cpu_allocator()
 
-    if args.model:
-        model = DynamiteModel.from_pretrained(args.model)
-    else:
-        print("No --model: using the CPU preset with ImageNet backbone and an UNTRAINED head (masks are meaningless).")
-        model = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2", use_imagenet_backbone=True))
+    model, label = load_app_model(args.model)
+    print(f"model: {label}")
     image, clicks = example_scene()
     if args.image:
         image = args.image

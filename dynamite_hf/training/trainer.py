@@ -220,6 +220,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     torch.manual_seed(arguments.seed + rank)
 
     model = build_model(arguments)
+    # Process 0's initial weights (the ones DDP broadcasts): a re-run of the same command starts from these.
+    initial_digest = weights_digest(model) if rank == 0 else None
     dataset = load_training_dataset(arguments.dataset)
     training_data = DynamiteTrainingDataset(
         dataset,
@@ -377,6 +379,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         "num_processes": world,
         "crop_size": arguments.crop_size,
         "skipped_rows": dict(skipped),
+        "initial_weight_digest": initial_digest,
         "rank_weight_digests": digests,
         "last_logs": last_logs,
     }
@@ -384,6 +387,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         accelerator.print(f"skipped {sum(skipped.values())} unusable row(s): {dict(skipped)}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # The trained weights hold the backbone: loading them must not need the ImageNet weights package.
+        unwrapped.model.config.use_imagenet_backbone = False
         unwrapped.model.save_pretrained(output_dir)
         from ..image_processing_dynamite import DynamiteImageProcessor
 
