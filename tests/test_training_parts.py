@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -226,3 +227,30 @@ def test_the_training_dataset_names_missing_columns() -> None:
 
     with pytest.raises(ValueError, match="lacks column"):
         DynamiteTrainingDataset(datasets.Dataset.from_dict({"image": [b""]}), 64, 0, [0] * 3, [1] * 3)
+
+
+def test_training_starts_from_an_original_checkpoint_a_folder_or_imagenet(tmp_path) -> None:
+    from reference import CONFIGS, original_state_dict
+
+    from dynamite_hf.training.trainer import DynamiteTrainingArguments, build_model, weights_digest
+
+    if not (Path(__file__).resolve().parents[2] / "shared" / "reference").is_dir():
+        pytest.skip("../shared/reference is not present")
+    state = original_state_dict(CONFIGS["mit_b0"])
+    torch.save({"model": state, "iteration": 1}, tmp_path / "model_final.pth")
+    arguments = DynamiteTrainingArguments(
+        dataset=["unused"], output_dir=str(tmp_path), from_pretrained=str(tmp_path / "model_final.pth")
+    )
+    converted = build_model(arguments)
+    assert converted.config.backbone_type == "mit"
+    key = "sem_seg_head.interactive_transformer.query_embed"
+    assert torch.equal(converted.interactive_transformer.query_embed, state[key])
+    converted.save_pretrained(tmp_path / "folder")
+    arguments.from_pretrained = str(tmp_path / "folder")
+    assert weights_digest(build_model(arguments)) == weights_digest(converted)
+    imagenet = build_model(DynamiteTrainingArguments(dataset=["unused"], output_dir=str(tmp_path), init="imagenet"))
+    from dynamite_hf.backbones.mobilenet_v2 import imagenet_weights_path
+
+    reference = torch.load(imagenet_weights_path(), weights_only=True)
+    first = next(k for k in reference if k.endswith("weight") and reference[k].ndim == 4)
+    assert any(torch.equal(p, reference[first]) for p in imagenet.backbone.parameters())
