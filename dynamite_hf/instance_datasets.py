@@ -43,11 +43,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .evaluation.datasets import IMAGE_SUFFIXES, find_by_stem
 from .export import mask_to_rle
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def instance_features():
@@ -217,16 +216,9 @@ def read_yolo(root: Path, split: str = "train2017", prefix: str = "yolo") -> Ite
         yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, masks, categories)
 
 
-def _find_by_stem(folder: Path, stem: str) -> Path | None:
-    for candidate in sorted(folder.glob(f"{stem}.*")):
-        if candidate.suffix.lower() in IMAGE_SUFFIXES:
-            return candidate
-    return None
-
-
 def _mask_for(masks: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
     for suffix in suffixes:
-        found = _find_by_stem(masks, stem + suffix)
+        found = find_by_stem(masks, stem + suffix)
         if found is not None:
             return found
     return None
@@ -324,8 +316,13 @@ def read_benchmark(name: str, root: Path, prefix: str | None = None) -> Iterator
     from .evaluation.datasets import read_dataset
 
     for sample in read_dataset(name, root, mode="multi"):
-        masks = [sample.instance_map == k + 1 for k in range(sample.num_objects)]
-        yield InstanceExample(f"{prefix or name}/{sample.sample_id}", sample.image_path, masks, [], sample.ignore)
+        yield example_from_sample(sample, f"{prefix or name}/")
+
+
+def example_from_sample(sample, prefix: str = "") -> InstanceExample:
+    """An `InstanceExample` of an evaluation sample: one mask per object (already non-overlapping)."""
+    masks = [sample.instance_map == k + 1 for k in range(sample.num_objects)]
+    return InstanceExample(f"{prefix}{sample.sample_id}", sample.image_path, masks, [], sample.ignore)
 
 
 SOURCE_KINDS = ("yolo", "folder", "binary", "clothing", "coco", "benchmark:<name>")

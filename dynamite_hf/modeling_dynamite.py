@@ -75,6 +75,15 @@ class DynamiteModelOutput(ModelOutput):
     image_features: DynamiteImageFeatures | None = None
 
 
+def group_query_logits(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> tuple[Tensor, Tensor | None]:
+    """Split `(num_queries, ...)` logits by instance: each instance's max over its click queries
+    `(num_instances, ...)`, and the max over every remaining query (background clicks, batch padding, static
+    background queries), or None when there is none. Inference and the training loss both group this way."""
+    groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
+    background = groups[-1].amax(0) if groups[-1].shape[0] > 0 else None
+    return torch.stack([group.amax(0) for group in groups[:-1]]), background
+
+
 def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Instance logits and label map from per-query logits (spec section 1.5, steps 3-4).
 
@@ -87,8 +96,7 @@ def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int])
         `(height, width)` int64: 0 for background, `k + 1` for instance `k`. Ties go to the lower instance, and
         an instance beats background on a tie, as `torch.argmax` over `[instances..., background queries...]`.
     """
-    groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
-    instance_logits = torch.stack([group.amax(0) for group in groups[:-1]])
+    instance_logits, background_logits = group_query_logits(query_logits, num_clicks_per_instance)
     # argmax over [instances..., background] as a running comparison (a reduction over a short leading axis
     # is slow in torch); updating only on a strictly greater value keeps the first index on ties.
     best_value = instance_logits[0].clone()
@@ -97,8 +105,8 @@ def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int])
         better = instance_logits[index] > best_value
         best_value = torch.where(better, instance_logits[index], best_value)
         label_map.masked_fill_(better, index + 1)
-    if groups[-1].shape[0] > 0:
-        label_map.masked_fill_(groups[-1].amax(0) > best_value, 0)
+    if background_logits is not None:
+        label_map.masked_fill_(background_logits > best_value, 0)
     return instance_logits, label_map
 
 

@@ -76,11 +76,19 @@ def _read_gray(path: Path) -> np.ndarray:
         return np.asarray(image if image.mode == "L" else image.convert("L"))
 
 
-def _find_image(folder: Path, stem: str) -> Path:
+def find_by_stem(folder: Path, stem: str) -> Path | None:
+    """The first image file `<stem>.<image suffix>` in `folder`, or None."""
     for candidate in sorted(folder.glob(f"{stem}.*")):
         if candidate.suffix.lower() in IMAGE_SUFFIXES:
             return candidate
-    raise FileNotFoundError(f"no image for {stem!r} in {folder}")
+    return None
+
+
+def _find_image(folder: Path, stem: str) -> Path:
+    found = find_by_stem(folder, stem)
+    if found is None:
+        raise FileNotFoundError(f"no image for {stem!r} in {folder}")
+    return found
 
 
 def _binary_samples(images: Path, masks: list[Path], with_ignore: bool) -> Iterator[EvaluationSample]:
@@ -241,19 +249,9 @@ def to_hf_dataset(samples: list[EvaluationSample]):
     """The samples as a Hugging Face `datasets.Dataset` of the schema training reads
     (`dynamite_hf.instance_datasets`: embedded image, one RLE per object in instance order, already
     non-overlapping, and the ignore mask), for `save_to_disk` / `push_to_hub`."""
-    from ..instance_datasets import InstanceExample, build_dataset
+    from ..instance_datasets import build_dataset, example_from_sample
 
-    examples = (
-        InstanceExample(
-            sample.sample_id,
-            sample.image_path,
-            [sample.instance_map == k + 1 for k in range(sample.num_objects)],
-            [],
-            sample.ignore,
-        )
-        for sample in samples
-    )
-    return build_dataset(list(examples), keep_empty=True)
+    return build_dataset([example_from_sample(sample) for sample in samples], keep_empty=True)
 
 
 def from_hf_row(row: dict, image_path: Path | None = None) -> EvaluationSample:

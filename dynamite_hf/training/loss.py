@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..modeling_dynamite import group_query_logits
+
 
 def point_sample(inputs: Tensor, coords_xy: Tensor) -> Tensor:
     """Values of `inputs` `(M, C, H, W)` at normalised `[0, 1]` xy points `(M, P, 2)`: `(M, C, P)` (bilinear,
@@ -40,8 +42,8 @@ def uncertain_points(
 def group_logits(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> Tensor:
     """`(Q, h, w)` per-query logits -> `(N + 1, h, w)`: each instance's max over its queries, then the max over
     every remaining query (background clicks, batch padding, static background queries)."""
-    groups = query_logits.split([*num_clicks_per_instance, query_logits.shape[0] - sum(num_clicks_per_instance)])
-    return torch.stack([group.amax(0) for group in groups])
+    instance_logits, background_logits = group_query_logits(query_logits, num_clicks_per_instance)
+    return torch.cat((instance_logits, background_logits[None]))
 
 
 def mask_losses(
