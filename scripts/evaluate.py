@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dynamite_hf import DynamiteConfig, DynamiteModel, DynamitePredictor
+from dynamite_hf import DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
 from dynamite_hf.evaluation import (
     DATASETS,
     MULTI_INSTANCE_STRATEGIES,
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iou-threshold", type=float, help="default 0.90 (single) / 0.85 (multi)")
     parser.add_argument("--seed-id", type=int, default=0, help="random strategies use seed 123456 + seed-id")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--short-edge", type=int, help="inference resize: shortest edge (default: the config's)")
+    parser.add_argument("--max-size", type=int, help="inference resize: longest-edge cap (default: the config's)")
     parser.add_argument("--output", default="evaluation_output")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.preset is None):
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
         model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
-    segmenter = ModelSegmenter(DynamitePredictor(model))
+    resize = {"short_edge": args.short_edge, "max_size": args.max_size}
+    processor = DynamiteImageProcessor.from_config(
+        model.config, **{key: value for key, value in resize.items() if value is not None}
+    )
+    segmenter = ModelSegmenter(DynamitePredictor(model, processor))
     samples = read_dataset(args.dataset, args.data_root, args.mode)[: args.limit]
 
     if args.mode == "single":
@@ -73,7 +79,16 @@ def main(argv: list[str] | None = None) -> None:
             "final_ious": dict(zip(result.sample_ids, result.final_ious, strict=True)),
             "interactions": dict(zip(result.sample_ids, result.interactions, strict=True)),
         }
-    save_report(Path(args.output), table, metrics, {"model": args.model or f"preset:{args.preset}", **details})
+    save_report(
+        Path(args.output),
+        table,
+        metrics,
+        {
+            "model": args.model or f"preset:{args.preset}",
+            "resize": {"short_edge": processor.short_edge, "max_size": processor.max_size},
+            **details,
+        },
+    )
     print(table)
 
 

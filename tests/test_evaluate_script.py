@@ -52,3 +52,24 @@ def test_evaluate_writes_table_json_and_plot(folder_dataset, mode, key, capsys) 
         assert metrics["images"] == 2 and metrics["objects"] == 4 and 1 <= metrics["NCI"] <= 10
     assert key.split("@")[0] in (output / "results.md").read_text()
     assert "|" in capsys.readouterr().out
+
+
+def test_evaluate_resize_options_reach_the_model(folder_dataset, monkeypatch) -> None:
+    from dynamite_hf import DynamiteModel
+
+    seen = []
+    original = DynamiteModel.get_image_features
+
+    def recording(self, pixel_values):
+        seen.append(tuple(pixel_values.shape[-2:]))
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(DynamiteModel, "get_image_features", recording)
+    output = folder_dataset / "out_resized"
+    evaluate_main(
+        ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset / "data")]
+        + ["--max-clicks", "2", "--short-edge", "96", "--max-size", "160", "--output", str(output)]
+    )
+    # 48x64 images: the short edge goes to 96, so 96x128, already divisible by 32.
+    assert seen and set(seen) == {(96, 128)}
+    assert json.loads((output / "results.json").read_text())["resize"] == {"short_edge": 96, "max_size": 160}
