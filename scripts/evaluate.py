@@ -30,6 +30,13 @@ from dynamite_hf.evaluation.report import multi_instance_table, save_report, sin
 from dynamite_hf.runtime import tune_cpu_allocator
 
 
+def pixel_count(text: str) -> int:
+    """argparse type of the resize options: a positive whole number of pixels."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="save_pretrained folder or Hub id")
@@ -44,8 +51,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iou-threshold", type=float, help="default 0.90 (single) / 0.85 (multi)")
     parser.add_argument("--seed-id", type=int, default=0, help="random strategies use seed 123456 + seed-id")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
-    parser.add_argument("--short-edge", type=int, help="inference resize: shortest edge (default: the config's)")
-    parser.add_argument("--max-size", type=int, help="inference resize: longest-edge cap (default: the config's)")
+    parser.add_argument(
+        "--short-edge", type=pixel_count, help="inference resize: shortest edge (default: the config's)"
+    )
+    parser.add_argument(
+        "--max-size", type=pixel_count, help="inference resize: longest-edge cap (default: the config's)"
+    )
     parser.add_argument("--output", default="evaluation_output")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.preset is None):
@@ -57,9 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     else:
         extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
         model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
-    resize = {"short_edge": args.short_edge, "max_size": args.max_size}
     processor = DynamiteImageProcessor.from_config(
-        model.config, **{key: value for key, value in resize.items() if value is not None}
+        model.config,
+        short_edge=args.short_edge or model.config.test_short_edge,
+        max_size=args.max_size or model.config.test_max_size,
     )
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
     samples = read_dataset(args.dataset, args.data_root, args.mode)[: args.limit]

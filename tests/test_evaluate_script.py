@@ -73,3 +73,13 @@ def test_evaluate_resize_options_reach_the_model(folder_dataset, monkeypatch) ->
     # 48x64 images: the short edge goes to 96, so 96x128, already divisible by 32.
     assert seen and set(seen) == {(96, 128)}
     assert json.loads((output / "results.json").read_text())["resize"] == {"short_edge": 96, "max_size": 160}
+
+
+def test_evaluate_rejects_a_non_positive_resize(folder_dataset, capsys) -> None:
+    with pytest.raises(SystemExit):
+        evaluate_main(
+            ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset)]
+            + ["--short-edge", "0"]
+        )
+    error = capsys.readouterr().err
+    assert "--short-edge" in error and "positive whole number of pixels, got '0'" in error
