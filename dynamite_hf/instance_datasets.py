@@ -26,7 +26,10 @@ Sources (`read_source`):
 | `binary` | `<images>/*`, `<masks>/*` grey masks thresholded at 128 (DUTS-TR, Weizmann horses) | the foreground |
 | `clothing` | `photos/*.jpg`, `annotations/pixel-level/NNNN.mat` (`groundtruth` label map) | the person, each garment |
 | `coco` | a COCO / LVIS `instances_*.json` and its image folder | non-crowd annotations |
+| `binary-components` | as `binary` | each connected component of at least 1 % of the image |
 | `benchmark:<name>` | any `dynamite_hf.evaluation` reader | the reader's objects |
+| `synthetic:COUNT[:SEED]` | generated: textured shapes (`dynamite_hf.training.synthetic`) | each shape |
+| `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` | generated from two saved datasets: pasted cut-outs | each pasted object |
 """
 
 from __future__ import annotations
@@ -86,13 +89,16 @@ class InstanceExample:
         masks: per instance `(H, W)` bool, in the image's size.
         categories: per instance class id (-1 when unknown).
         ignore: `(H, W)` bool of ignored pixels, or None.
+        image_bytes: the encoded image when it is made in memory (generated sources); `image_path` then only
+            names it.
     """
 
     sample_id: str
-    image_path: Path
+    image_path: Path | str
     masks: list[np.ndarray]
     categories: list[int] = field(default_factory=list)
     ignore: np.ndarray | None = None
+    image_bytes: bytes | None = None
 
 
 @dataclass
@@ -117,7 +123,7 @@ def encode_example(example: InstanceExample, skipped: SkipCounter, keep_empty: b
     not fit it, or no instance has any pixel. Empty instances are dropped and counted, unless `keep_empty`
     (evaluation sets keep objects that smaller ones cover completely)."""
     try:
-        data = Path(example.image_path).read_bytes()
+        data = example.image_bytes if example.image_bytes is not None else Path(example.image_path).read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             width, height = image.size
@@ -244,11 +250,30 @@ def read_id_folder(
         )
 
 
+def split_components(mask: np.ndarray, min_fraction: float = 0.01) -> list[np.ndarray]:
+    """The connected components (8-connected) of a figure-ground mask holding at least `min_fraction` of the
+    image, as separate instances; smaller specks are dropped. A mask of one component comes back whole."""
+    import cv2
+
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    minimum = min_fraction * mask.size
+    kept = [c for c in range(1, count) if stats[c, cv2.CC_STAT_AREA] >= minimum]
+    if len(kept) <= 1:
+        return [mask]
+    return [labels == c for c in kept]
+
+
 def read_binary_folder(
-    images: Path, masks: Path, prefix: str = "binary", mask_suffixes: tuple[str, ...] = ("",)
+    images: Path,
+    masks: Path,
+    prefix: str = "binary",
+    mask_suffixes: tuple[str, ...] = ("",),
+    components: bool = False,
 ) -> Iterator[InstanceExample]:
     """Images with figure-ground masks (grey > 128 is the object; RGB masks are converted to grey first, masks
-    of another size are resized to the image, nearest neighbour)."""
+    of another size are resized to the image, nearest neighbour). With `components`, a mask of several
+    separate objects (DUTS often puts several salient things in one mask) becomes one instance per connected
+    component (`split_components`)."""
     for image_path in _image_files(images):
         mask_path = _mask_for(masks, image_path.stem, mask_suffixes)
         if mask_path is None:
@@ -260,7 +285,10 @@ def read_binary_folder(
             if size is not None and grey.size != size:  # Weizmann horses ship masks at the grey images' size
                 grey = grey.resize(size, Image.NEAREST)
             grey = np.asarray(grey)
-        yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [grey > 128])
+        foreground = grey > 128
+        yield InstanceExample(
+            f"{prefix}/{image_path.stem}", image_path, split_components(foreground) if components else [foreground]
+        )
 
 
 def read_clothing(root: Path, prefix: str = "clothing", min_garment_pixels: int = 400) -> Iterator[InstanceExample]:
@@ -325,14 +353,43 @@ def example_from_sample(sample, prefix: str = "") -> InstanceExample:
     return InstanceExample(f"{prefix}{sample.sample_id}", sample.image_path, masks, [], sample.ignore)
 
 
-SOURCE_KINDS = ("yolo", "folder", "binary", "clothing", "coco", "benchmark:<name>")
+SOURCE_KINDS = (
+    "yolo",
+    "folder",
+    "binary",
+    "binary-components",
+    "clothing",
+    "coco",
+    "benchmark:<name>",
+    "synthetic",
+    "composite",
+)
+
+
+def _load_saved(path: Path):
+    import datasets
+
+    loaded = datasets.load_from_disk(str(path))
+    return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+
+
+def _count(spec: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"source {spec!r}: the image count must be a positive integer, got {text!r}")
+    return value
 
 
 def read_source(spec: str) -> Iterator[InstanceExample]:
     """Examples from a source spec `KIND:PATH[:PATH]` (see the module docstring):
 
-    - `yolo:ROOT[:SPLIT]`, `folder:IMAGES:MASKS`, `binary:IMAGES:MASKS`, `clothing:ROOT`,
-      `coco:ANNOTATIONS.json:IMAGES`, `benchmark:NAME:ROOT`.
+    - `yolo:ROOT[:SPLIT]`, `folder:IMAGES:MASKS`, `binary:IMAGES:MASKS`, `binary-components:IMAGES:MASKS`,
+      `clothing:ROOT`, `coco:ANNOTATIONS.json:IMAGES`, `benchmark:NAME:ROOT`;
+    - generated (`dynamite_hf.training.synthetic`): `synthetic:COUNT[:SEED]` textured shapes,
+      `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema.
     """
     kind, _, rest = spec.partition(":")
     parts = [p for p in rest.split(":") if p]
@@ -340,25 +397,40 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         "yolo": (1, 2),
         "folder": (2, 2),
         "binary": (2, 2),
+        "binary-components": (2, 2),
         "clothing": (1, 1),
         "coco": (2, 2),
         "benchmark": (2, 2),
+        "synthetic": (1, 2),
+        "composite": (3, 4),
     }
     if kind not in expected:
         raise ValueError(f"source {spec!r}: unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
     low, high = expected[kind]
     if not low <= len(parts) <= high:
         raise ValueError(f"source {spec!r}: {kind} takes {low}-{high} ':'-separated parts, got {len(parts)}")
+    if kind == "synthetic":
+        from .training.synthetic import textured_shapes
+
+        return textured_shapes(_count(spec, parts[0]), seed=int(parts[1]) if len(parts) > 1 else 0)
     paths = [Path(p) for p in parts]
-    for path in paths[: (1 if kind in ("yolo", "benchmark") else len(paths))]:
-        if kind != "benchmark" and not path.exists():
+    checked = {"yolo": 1, "benchmark": 0, "composite": 2}.get(kind, len(paths))
+    for path in paths[:checked]:
+        if not path.exists():
             raise FileNotFoundError(f"source {spec!r}: {path} does not exist")
+    if kind == "composite":
+        from .training.synthetic import copy_paste_composites
+
+        seed = int(parts[3]) if len(parts) > 3 else 0
+        return copy_paste_composites(_load_saved(paths[0]), _load_saved(paths[1]), _count(spec, parts[2]), seed)
     if kind == "yolo":
         return read_yolo(paths[0], *(parts[1:] or []), prefix=paths[0].name)
     if kind == "folder":
         return read_id_folder(paths[0], paths[1], prefix=paths[0].parent.name)
-    if kind == "binary":
-        return read_binary_folder(paths[0], paths[1], prefix=paths[0].parent.name)
+    if kind in ("binary", "binary-components"):
+        return read_binary_folder(
+            paths[0], paths[1], prefix=paths[0].parent.name, components=kind == "binary-components"
+        )
     if kind == "clothing":
         return read_clothing(paths[0])
     if kind == "coco":

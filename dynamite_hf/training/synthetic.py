@@ -1,0 +1,241 @@
+"""Generated training images where saliency is the wrong answer: only the click can say which object is meant.
+
+- `textured_shapes`: 2-5 shapes cut from one shared texture on a background of another texture. Every shape
+  looks alike, so a model that ignores where it was clicked cannot pick the right one. The diagnostic problem of
+  `scripts/benchmark_click_learning.py` and of the click-learning test.
+- `copy_paste_composites`: objects cut out of an instance dataset (their own pixels and masks) pasted onto
+  other photos, each its own instance, later ones occluding earlier ones. The photo's own salient content is
+  background, and several pasted objects compete for one click.
+
+Both yield `InstanceExample`s with the image encoded in memory (PNG for shapes, JPEG for photos), so they go
+through `build_dataset` like any reader (`scripts/build_dataset.py --source synthetic:...` / `composite:...`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ..instance_datasets import InstanceExample, decode_rle
+
+# ---------------------------------------------------------------------------------------------------------
+# textures and shapes
+
+
+def random_texture(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A `(height, width, 3)` uint8 texture: two random colours mixed by a random pattern (stripes at any angle,
+    checks, blobs or rings), plus fine noise."""
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    kind = rng.integers(4)
+    period = rng.uniform(6, 28)
+    angle = rng.uniform(0, np.pi)
+    along = rows * np.sin(angle) + cols * np.cos(angle)
+    if kind == 0:  # stripes
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * along / period)
+    elif kind == 1:  # checks
+        across = -rows * np.cos(angle) + cols * np.sin(angle)
+        pattern = ((np.floor(along / period) + np.floor(across / period)) % 2).astype(np.float32)
+    elif kind == 2:  # smooth blobs
+        coarse = rng.random((max(height // int(period), 2), max(width // int(period), 2))).astype(np.float32)
+        pattern = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    else:  # rings around a random centre
+        centre_row, centre_col = rng.uniform(0, height), rng.uniform(0, width)
+        radius = np.hypot(rows - centre_row, cols - centre_col)
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * radius / period)
+    pattern = np.clip(pattern, 0, 1)[..., None]
+    first, second = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    texture = first * pattern + second * (1 - pattern) + rng.normal(0, 6, (height, width, 1))
+    return np.clip(texture, 0, 255).astype(np.uint8)
+
+
+def random_shape(height: int, width: int, rng: np.random.Generator, min_side: float, max_side: float) -> np.ndarray:
+    """A `(height, width)` bool mask of one ellipse, rectangle, star-like polygon or blob, at a random place,
+    with a bounding side between `min_side` and `max_side` pixels."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    side = rng.uniform(min_side, max_side)
+    centre = (int(rng.uniform(side / 2, width - side / 2)), int(rng.uniform(side / 2, height - side / 2)))
+    kind = rng.integers(4)
+    if kind == 0:
+        axes = (int(side / 2), int(side / 2 * rng.uniform(0.4, 1.0)))
+        cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+    elif kind == 1:
+        half = np.array([side / 2, side / 2 * rng.uniform(0.3, 1.0)])
+        box = cv2.boxPoints((centre, tuple(2 * half), float(rng.uniform(0, 180))))
+        cv2.fillPoly(mask, [np.round(box).astype(np.int32)], 1)
+    else:
+        count = int(rng.integers(5, 11))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, count))
+        inner = 0.35 if kind == 2 else 0.75
+        radii = side / 2 * rng.uniform(inner, 1.0, count)
+        points = np.stack([centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles)], 1)
+        cv2.fillPoly(mask, [np.round(points).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def textured_shapes_image(
+    rng: np.random.Generator, size: int = 256, min_shapes: int = 2, max_shapes: int = 5
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One image: `(size, size, 3)` uint8 and 2-5 non-touching shape masks of one shared texture on a
+    background of another. Shapes are kept at least 3 px apart, so every shape has a visible outline."""
+    background = random_texture(size, size, rng)
+    foreground = random_texture(size, size, rng)
+    count = int(rng.integers(min_shapes, max_shapes + 1))
+    taken = np.zeros((size, size), dtype=bool)
+    masks: list[np.ndarray] = []
+    for _ in range(count * 20):
+        if len(masks) == count:
+            break
+        mask = random_shape(size, size, rng, size * 0.15, size * 0.45)
+        if mask.sum() < 0.003 * size * size or (mask & taken).any():
+            continue
+        masks.append(mask)
+        taken |= cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    image = background.copy()
+    for mask in masks:
+        image[mask] = foreground[mask]
+    return image, masks
+
+
+def textured_shapes(count: int, seed: int = 0, size: int = 256, prefix: str = "shapes") -> Iterator[InstanceExample]:
+    """`count` textured-shape images (see `textured_shapes_image`), image `i` drawn from `default_rng([seed, i])`."""
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        image, masks = textured_shapes_image(rng, size)
+        yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.png", masks, image_bytes=_png(image))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# copy-paste composites
+
+
+def _decode_row(row: dict) -> tuple[np.ndarray, list[np.ndarray]]:
+    with Image.open(io.BytesIO(row["image"]["bytes"])) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return pixels, [decode_rle(rle) for rle in row["masks"]]
+
+
+def _cut_out(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.nonzero(mask)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    return image[top:bottom, left:right], mask[top:bottom, left:right]
+
+
+def composite_image(
+    background: np.ndarray,
+    objects: list[tuple[np.ndarray, np.ndarray]],
+    rng: np.random.Generator,
+    max_side: int = 512,
+    min_visible: float = 0.4,
+    min_pixels: int = 400,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Paste `objects` (each an RGB crop and its bool mask) onto `background` (resized so its longer side is
+    `max_side`), each scaled so its longer side is 15-60 % of the background's shorter side, placed at random
+    (partly outside is allowed), later objects in front. Returns the image and the visible mask of each object
+    that keeps at least `min_visible` of its pasted area and `min_pixels` pixels."""
+    scale = max_side / max(background.shape[:2])
+    height, width = (max(int(round(s * scale)), 1) for s in background.shape[:2])
+    image = cv2.resize(background, (width, height), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    pasted: list[np.ndarray] = []
+    pasted_areas: list[int] = []
+    for crop, crop_mask in objects:
+        target = rng.uniform(0.15, 0.6) * min(height, width)
+        factor = target / max(crop_mask.shape)
+        new_h, new_w = max(int(round(crop_mask.shape[0] * factor)), 1), max(int(round(crop_mask.shape[1] * factor)), 1)
+        crop = cv2.resize(crop, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        crop_mask = cv2.resize(crop_mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST) > 0
+        # The top-left corner may put up to a quarter of the object outside the image.
+        top = int(rng.integers(-new_h // 4, max(height - 3 * new_h // 4, -new_h // 4 + 1)))
+        left = int(rng.integers(-new_w // 4, max(width - 3 * new_w // 4, -new_w // 4 + 1)))
+        full = np.zeros((height, width), dtype=bool)
+        source_top, source_left = max(-top, 0), max(-left, 0)
+        dest_top, dest_left = max(top, 0), max(left, 0)
+        span_h = min(new_h - source_top, height - dest_top)
+        span_w = min(new_w - source_left, width - dest_left)
+        if span_h <= 0 or span_w <= 0:
+            continue
+        window = crop_mask[source_top : source_top + span_h, source_left : source_left + span_w]
+        full[dest_top : dest_top + span_h, dest_left : dest_left + span_w] = window
+        pixels = crop[source_top : source_top + span_h, source_left : source_left + span_w]
+        region = image[dest_top : dest_top + span_h, dest_left : dest_left + span_w]
+        region[window] = pixels[window]
+        for earlier in pasted:
+            earlier &= ~full
+        pasted.append(full)
+        pasted_areas.append(int(full.sum()))
+    # A mostly hidden object (a sliver behind others) is no target a person would click.
+    kept = [m for m, area in zip(pasted, pasted_areas) if m.sum() >= max(min_pixels, min_visible * area)]
+    return image, kept
+
+
+def copy_paste_composites(
+    objects_dataset,
+    backgrounds_dataset,
+    count: int,
+    seed: int = 0,
+    min_objects: int = 2,
+    max_objects: int = 5,
+    min_object_pixels: int = 2500,
+    prefix: str = "composite",
+) -> Iterator[InstanceExample]:
+    """`count` composites: objects cut from random instances of `objects_dataset` (rows of the instance schema,
+    instances of at least `min_object_pixels`) pasted onto random photos of `backgrounds_dataset`. Composite
+    `i` draws from `default_rng([seed, i])`; it is left out when fewer than 2 objects stay visible."""
+    import datasets
+
+    if len(objects_dataset) == 0 or len(backgrounds_dataset) == 0:
+        raise ValueError("copy_paste_composites needs non-empty objects and backgrounds datasets")
+    # Decoded here from the embedded bytes (the datasets' Image feature would decode every row to PIL first).
+    objects_dataset = objects_dataset.cast_column("image", datasets.Image(decode=False))
+    backgrounds_dataset = backgrounds_dataset.cast_column("image", datasets.Image(decode=False))
+    areas = objects_dataset["areas"]
+    candidates = [
+        (r, i) for r, row_areas in enumerate(areas) for i, a in enumerate(row_areas) if a >= min_object_pixels
+    ]
+    if not candidates:
+        raise ValueError(f"no instance of at least {min_object_pixels} pixels in the objects dataset")
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        background, _ = _decode_row(backgrounds_dataset[int(rng.integers(len(backgrounds_dataset)))])
+        objects = []
+        for _ in range(int(rng.integers(min_objects, max_objects + 1))):
+            row_index, instance = candidates[int(rng.integers(len(candidates)))]
+            pixels, masks = _decode_row(objects_dataset[row_index])
+            objects.append(_cut_out(pixels, masks[instance]))
+        image, masks = composite_image(background, objects, rng)
+        if len(masks) < min_objects:
+            continue
+        yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.jpg", masks, image_bytes=_jpeg(image))
+
+
+def save_instance_folder(examples: Iterable[InstanceExample], root: Path | str) -> Path:
+    """Write examples in the `folder` evaluation layout (`images/<stem>.png`, `masks/<stem>.png` with instance
+    ids 1..N, smaller objects painted last), so that `read_dataset("folder", root)` reads them back."""
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for example in examples:
+        stem = example.sample_id.replace("/", "_")
+        with Image.open(io.BytesIO(example.image_bytes)) as image:
+            image.convert("RGB").save(root / "images" / f"{stem}.png")
+        ids = np.zeros(example.masks[0].shape, dtype=np.uint8)
+        for index in sorted(range(len(example.masks)), key=lambda i: -example.masks[i].sum()):
+            ids[example.masks[index]] = index + 1
+        Image.fromarray(ids).save(root / "masks" / f"{stem}.png")
+    return root
