@@ -39,6 +39,27 @@ def uncertain_points(
     return torch.cat((chosen, uniform), dim=1)
 
 
+def click_disk_points(clicks, size: tuple[int, int], radius: int = 2) -> Tensor:
+    """Normalised xy points `(P, 2)` of the pixels within `radius` of each click (model frame, pixel indices),
+    at pixel centres, inside the `size` `(height, width)` input. Added to the loss's sampled points so that
+    every click's own pixel and its neighbourhood are always supervised: the prediction at a clicked pixel is
+    exactly what a user sees obeyed or not."""
+    offsets = [
+        (dy, dx)
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if dy * dy + dx * dx <= radius * radius
+    ]
+    height, width = size
+    points = [
+        ((click.col + dx + 0.5) / width, (click.row + dy + 0.5) / height)
+        for click in clicks
+        for dy, dx in offsets
+        if 0 <= click.row + dy < height and 0 <= click.col + dx < width
+    ]
+    return torch.tensor(points, dtype=torch.float32).reshape(-1, 2)
+
+
 def group_logits(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> Tensor:
     """`(Q, h, w)` per-query logits -> `(N + 1, h, w)`: each instance's max over its queries, then the max over
     every remaining query (background clicks, batch padding, static background queries)."""
@@ -54,6 +75,7 @@ def mask_losses(
     oversample_ratio: float = 3.0,
     importance_ratio: float = 0.75,
     generator: torch.Generator | None = None,
+    extra_points: Sequence[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sigmoid BCE and Dice over sampled points, summed over masks and divided by `num_masks`.
 
@@ -61,17 +83,34 @@ def mask_losses(
         predictions: per image `(N_i + 1, h, w)` logits (stride 4).
         targets: per image `(N_i + 1, H, W)` float masks at the input resolution.
         num_masks: the normaliser (sum of N_i + 1 over the global batch, divided by the process count).
+        extra_points: per image `(P_i, 2)` normalised xy points added to every mask of that image on top of the
+            sampled ones (the clicks: `click_disk_points`); None for the paper's sampling alone.
     """
     logits = torch.cat(list(predictions))[:, None]
     labels = torch.cat(list(targets))[:, None].to(logits.dtype)
     with torch.no_grad():
         coords = uncertain_points(logits.float(), num_points, oversample_ratio, importance_ratio, generator)
+        weights = torch.ones(coords.shape[:2], device=logits.device)
+        if extra_points is not None:
+            # Pad every image's points to one count; padded slots carry weight 0.
+            longest = max((len(p) for p in extra_points), default=0)
+            extra = torch.zeros(len(logits), longest, 2, device=logits.device)
+            extra_weights = torch.zeros(len(logits), longest, device=logits.device)
+            first = 0
+            for points, prediction in zip(extra_points, predictions, strict=True):
+                count = prediction.shape[0]
+                extra[first : first + count, : len(points)] = points.to(logits.device)
+                extra_weights[first : first + count, : len(points)] = 1.0
+                first += count
+            coords = torch.cat((coords, extra), 1)
+            weights = torch.cat((weights, extra_weights), 1)
         point_labels = point_sample(labels, coords)[:, 0]
     point_logits = point_sample(logits, coords.to(logits.dtype))[:, 0]
-    bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none").mean(1).sum() / num_masks
-    probabilities = point_logits.sigmoid()
+    point_bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none")
+    bce = ((point_bce * weights).sum(1) / weights.sum(1)).sum() / num_masks
+    probabilities = point_logits.sigmoid() * weights
     numerator = 2 * (probabilities * point_labels).sum(-1)
-    denominator = probabilities.sum(-1) + point_labels.sum(-1)
+    denominator = probabilities.sum(-1) + (point_labels * weights).sum(-1)
     dice = (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
     return bce, dice
 
@@ -85,15 +124,19 @@ def deep_supervision_loss(
     bce_weight: float = 5.0,
     dice_weight: float = 5.0,
     generator: torch.Generator | None = None,
+    extra_points: Sequence[Tensor] | None = None,
     **point_options,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted BCE + Dice on the final prediction and each auxiliary one given; returns the total and the
-    per-term values (final prediction's BCE / Dice and the auxiliary sum) for logging."""
+    per-term values (final prediction's BCE / Dice and the auxiliary sum) for logging. `extra_points`: see
+    `mask_losses`."""
     total = pred_masks.new_zeros(())
     logged = {}
     for name, query_logits in [("final", pred_masks)] + [(f"aux_{i}", a) for i, a in enumerate(aux_pred_masks)]:
         predictions = [group_logits(query_logits[i], counts) for i, counts in enumerate(num_clicks_per_instance)]
-        bce, dice = mask_losses(predictions, targets, num_masks, generator=generator, **point_options)
+        bce, dice = mask_losses(
+            predictions, targets, num_masks, generator=generator, extra_points=extra_points, **point_options
+        )
         total = total + bce_weight * bce + dice_weight * dice
         if name == "final":
             logged.update(loss_bce=bce.item(), loss_dice=dice.item())

@@ -16,7 +16,10 @@ import math
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ import torch
 from ..configuration_dynamite import DynamiteConfig
 from ..modeling_dynamite import DynamiteModel
 from .data import DynamiteTrainingDataset, TrainingOrder, collate
-from .loss import deep_supervision_loss
+from .loss import click_disk_points, deep_supervision_loss
 from .module import DynamiteForInteractiveTraining, multistep_schedule, parameter_groups, supervised_aux_count
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,12 @@ class DynamiteTrainingArguments:
         default=False, metadata={"help": "reproduce the original's quirk: corrective clicks for the first image only"}
     )
     num_points: int = field(default=12544, metadata={"help": "loss points per mask"})
+    click_loss_radius: int = field(
+        default=-1,
+        metadata={
+            "help": "also supervise every pixel within this radius of each click (-1: only the paper's sampled points)"
+        },
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no, fp16 (GPU) or bf16"})
     seed: int = field(default=ORIGINAL_SEED)
     num_workers: int = field(default=0, metadata={"help": "dataloader worker processes per process"})
@@ -91,6 +100,13 @@ class DynamiteTrainingArguments:
     eval_dataset: str = field(default="grabcut")
     eval_data_root: str | None = field(default=None)
     eval_limit: int = field(default=10, metadata={"help": "objects evaluated each time"})
+    collective_timeout: float = field(
+        default=1800,
+        metadata={
+            "help": "seconds a multi-process collective (gradient all-reduce, barrier, gather) may wait before the "
+            "run stops with an error naming the process and the step"
+        },
+    )
     push_to_hub: bool = field(default=False)
     hub_model_id: str | None = field(default=None)
 
@@ -187,6 +203,32 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CollectiveTimeout(RuntimeError):
+    """A multi-process collective failed or waited past `--collective-timeout`: another process died or hangs."""
+
+
+_COLLECTIVE_FAILURE_WORDS = ("timed out", "timeout", "connection closed", "connection reset", "broken pipe")
+
+
+@contextmanager
+def collective_failures_named(rank: int, world: int, state: TrainingState, timeout: float) -> Iterator[None]:
+    """Turn a collective's timeout or a lost peer into an error that names this process and the step, so a
+    hung run ends (and can be resumed from its last checkpoint) instead of waiting forever."""
+    try:
+        yield
+    except RuntimeError as error:
+        failed = isinstance(error, torch.distributed.DistError) or any(
+            word in str(error).lower() for word in _COLLECTIVE_FAILURE_WORDS
+        )
+        if world == 1 or not failed:
+            raise
+        raise CollectiveTimeout(
+            f"process {rank} of {world}: a collective operation (gradient all-reduce, barrier or gather) failed or "
+            f"waited more than {timeout:g} s at step {state.step} (micro-step {state.micro_step}); another process "
+            f"died or hangs. Resume with --resume-from-checkpoint latest. Cause: {error}"
+        ) from error
+
+
 def evaluate_noc(model: DynamiteModel, samples) -> dict[str, float]:
     from ..evaluation import evaluate_single_instance, single_instance_metrics
     from ..evaluation.protocols import ModelSegmenter
@@ -200,16 +242,22 @@ def evaluate_noc(model: DynamiteModel, samples) -> dict[str, float]:
 def train(arguments: DynamiteTrainingArguments) -> dict:
     """Run (or resume) training; returns the summary also written to `<output_dir>/train_summary.json`."""
     from accelerate import Accelerator
-    from accelerate.utils import gather_object
+    from accelerate.utils import InitProcessGroupKwargs, gather_object
     from tqdm.auto import tqdm
 
     arguments.check()
     output_dir = Path(arguments.output_dir)
     trackers = [t for t in arguments.report_to.split(",") if t and t != "none"]
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
+        kwargs_handlers=[
+            InitProcessGroupKwargs(
+                backend="gloo" if on_cpu else "nccl", timeout=timedelta(seconds=arguments.collective_timeout)
+            )
+        ],
         # Without an accelerator device, processes started by `accelerate launch --multi_gpu` / torchrun join
         # over gloo on the CPU (Accelerate only picks MULTI_CPU when told the run is on the CPU).
-        cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        cpu=on_cpu,
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,
         mixed_precision=arguments.mixed_precision,
         log_with=trackers or None,
@@ -284,94 +332,103 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     samples_done, timed_seconds, timed_from = 0, 0.0, None
     running: dict[str, float] = {}
     last_logs: dict[str, float] = {}
-    batches = iter(loader)
-    while state.step < arguments.max_steps:
-        batch = next(batches)
-        skipped.update(batch.skipped)
-        started = time.perf_counter()
-        rng = np.random.default_rng([arguments.seed, rank, state.micro_step])
-        generator = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
-        with accelerator.accumulate(module):
-            with accelerator.autocast():
-                outputs = module(
-                    batch.pixel_values.to(accelerator.device),
-                    batch.instance_maps,
-                    batch.padding_masks,
-                    batch.clicks,
-                    int(rng.integers(0, arguments.max_num_interactions + 1)),
-                    rng,
-                    aux_count,
+    with collective_failures_named(rank, world, state, arguments.collective_timeout):
+        batches = iter(loader)
+        while state.step < arguments.max_steps:
+            batch = next(batches)
+            skipped.update(batch.skipped)
+            started = time.perf_counter()
+            rng = np.random.default_rng([arguments.seed, rank, state.micro_step])
+            generator = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**62)))
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    outputs = module(
+                        batch.pixel_values.to(accelerator.device),
+                        batch.instance_maps,
+                        batch.padding_masks,
+                        batch.clicks,
+                        int(rng.integers(0, arguments.max_num_interactions + 1)),
+                        rng,
+                        aux_count,
+                    )
+                targets = []
+                for instance_map, padding in zip(batch.instance_maps, batch.padding_masks, strict=True):
+                    count = int(instance_map.max())
+                    stacked = np.concatenate(
+                        [
+                            instance_map[None] == np.arange(1, count + 1)[:, None, None],
+                            ((instance_map == 0) & ~padding)[None],
+                        ]
+                    )
+                    targets.append(torch.from_numpy(stacked).to(accelerator.device))
+                num_masks = torch.tensor(float(sum(len(t) for t in targets)), device=accelerator.device)
+                num_masks = max(float(accelerator.reduce(num_masks, reduction="sum")) / world, 1.0)
+                extra_points = None
+                if arguments.click_loss_radius >= 0:
+                    size = tuple(batch.pixel_values.shape[-2:])
+                    extra_points = [click_disk_points(c, size, arguments.click_loss_radius) for c in outputs.clicks]
+                loss, logs = deep_supervision_loss(
+                    outputs.pred_masks.float(),
+                    [a.float() for a in outputs.aux_pred_masks],
+                    outputs.num_clicks_per_instance,
+                    [t.float() for t in targets],
+                    num_masks,
+                    generator=generator,
+                    num_points=arguments.num_points,
+                    extra_points=extra_points,
                 )
-            targets = []
-            for instance_map, padding in zip(batch.instance_maps, batch.padding_masks, strict=True):
-                count = int(instance_map.max())
-                stacked = np.concatenate(
-                    [
-                        instance_map[None] == np.arange(1, count + 1)[:, None, None],
-                        ((instance_map == 0) & ~padding)[None],
-                    ]
-                )
-                targets.append(torch.from_numpy(stacked).to(accelerator.device))
-            num_masks = torch.tensor(float(sum(len(t) for t in targets)), device=accelerator.device)
-            num_masks = max(float(accelerator.reduce(num_masks, reduction="sum")) / world, 1.0)
-            loss, logs = deep_supervision_loss(
-                outputs.pred_masks.float(),
-                [a.float() for a in outputs.aux_pred_masks],
-                outputs.num_clicks_per_instance,
-                [t.float() for t in targets],
-                num_masks,
-                generator=generator,
-                num_points=arguments.num_points,
-            )
-            if not math.isfinite(logs["loss"]):
-                raise FloatingPointError(
-                    f"the loss is {logs['loss']} at step {state.step} (positions {batch.positions})"
-                )
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and arguments.clip_grad_norm > 0:
-                logs["grad_norm"] = float(accelerator.clip_grad_norm_(module.parameters(), arguments.clip_grad_norm))
-            optimizer.step()
-            optimizer.zero_grad()
-        state.micro_step += 1
-        for key, value in logs.items():
-            running[key] = running.get(key, 0.0) + value
-        running["count"] = running.get("count", 0.0) + 1
-        if not accelerator.sync_gradients:
-            continue
-        scheduler.step()
-        state.step += 1
-        state.skipped = dict(skipped)
-        progress.update(1)
-        # Throughput over every step but the first (which pays for warm-up and allocation).
-        if timed_from is None:
-            timed_from = state.step
-        else:
-            timed_seconds += time.perf_counter() - started
-            samples_done += arguments.batch_size * world * arguments.gradient_accumulation_steps
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(
+                        f"the loss is {logs['loss']} at step {state.step} (positions {batch.positions})"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and arguments.clip_grad_norm > 0:
+                    logs["grad_norm"] = float(
+                        accelerator.clip_grad_norm_(module.parameters(), arguments.clip_grad_norm)
+                    )
+                optimizer.step()
+                optimizer.zero_grad()
+            state.micro_step += 1
+            for key, value in logs.items():
+                running[key] = running.get(key, 0.0) + value
+            running["count"] = running.get("count", 0.0) + 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            state.skipped = dict(skipped)
+            progress.update(1)
+            # Throughput over every step but the first (which pays for warm-up and allocation).
+            if timed_from is None:
+                timed_from = state.step
+            else:
+                timed_seconds += time.perf_counter() - started
+                samples_done += arguments.batch_size * world * arguments.gradient_accumulation_steps
 
-        if state.step % arguments.log_every == 0 or state.step == arguments.max_steps:
-            count = running.pop("count")
-            last_logs = {f"train/{k}": v / count for k, v in running.items()}
-            last_logs["train/lr"] = max(scheduler.get_last_lr())  # the head's (the backbone runs lower)
-            last_logs["train/skipped_rows"] = float(sum(skipped.values()))
-            running = {}
-            accelerator.log(last_logs, step=state.step)
-            progress.set_postfix(loss=f"{last_logs['train/loss']:.3f}")
-        if arguments.eval_every and state.step % arguments.eval_every == 0:
-            if accelerator.is_main_process:
-                metrics = evaluate_noc(unwrapped.model, eval_samples)
-                accelerator.log(metrics, step=state.step)
-                accelerator.print(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-                unwrapped.train()
-            accelerator.wait_for_everyone()
-        if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
-            _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
+            if state.step % arguments.log_every == 0 or state.step == arguments.max_steps:
+                count = running.pop("count")
+                last_logs = {f"train/{k}": v / count for k, v in running.items()}
+                last_logs["train/lr"] = max(scheduler.get_last_lr())  # the head's (the backbone runs lower)
+                last_logs["train/skipped_rows"] = float(sum(skipped.values()))
+                running = {}
+                accelerator.log(last_logs, step=state.step)
+                progress.set_postfix(loss=f"{last_logs['train/loss']:.3f}")
+            if arguments.eval_every and state.step % arguments.eval_every == 0:
+                if accelerator.is_main_process:
+                    metrics = evaluate_noc(unwrapped.model, eval_samples)
+                    accelerator.log(metrics, step=state.step)
+                    accelerator.print(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                    unwrapped.train()
+                accelerator.wait_for_everyone()
+            if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
+                _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
     progress.close()
     # (decided from the step, never from the file system, so every process takes part in the same collectives)
     if arguments.checkpoint_every and state.step % arguments.checkpoint_every:
         _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
 
-    digests = gather_object([weights_digest(unwrapped.model)])
+    with collective_failures_named(rank, world, state, arguments.collective_timeout):
+        digests = gather_object([weights_digest(unwrapped.model)])
     summary = {
         "steps": state.step,
         "micro_steps": state.micro_step,
