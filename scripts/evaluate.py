@@ -8,6 +8,15 @@
 Single-instance mode reports NoC@85/90 and NFO with at most --max-clicks clicks (20) and an IoU target of 0.90;
 multi-instance mode reports NCI / NFO / NFI / mIoU with 10 clicks per object and an IoU target of 0.85. Writes
 results.md, results.json and (single) miou_per_click.png to --output, and prints the table.
+
+`--report obedience` measures instead whether clicks do what they say (`dynamite_hf.evaluation.obedience`):
+single mode runs --max-clicks protocol clicks per object without stopping and reports, per click, the share of
+positive clicks whose pixel ends up in the object and of negative clicks whose pixel ends up outside, and the
+IoU change; multi mode clicks each object once as a new instance and reports the share of empty instances and
+of instances containing their own click.
+
+    python scripts/evaluate.py --model models/dynamite-mobilenet-v2 --dataset grabcut \
+        --data-root ../shared/data/GrabCut --report obedience --max-clicks 10
 """
 
 from __future__ import annotations
@@ -25,8 +34,20 @@ from dynamite_hf.evaluation import (
     read_dataset,
     single_instance_metrics,
 )
+from dynamite_hf.evaluation.obedience import (
+    evaluate_instance_separation,
+    evaluate_obedience,
+    obedience_metrics,
+    separation_metrics,
+)
 from dynamite_hf.evaluation.protocols import ModelSegmenter
-from dynamite_hf.evaluation.report import multi_instance_table, save_report, single_instance_table
+from dynamite_hf.evaluation.report import (
+    multi_instance_table,
+    obedience_table,
+    save_report,
+    separation_table,
+    single_instance_table,
+)
 from dynamite_hf.runtime import tune_cpu_allocator
 
 
@@ -47,6 +68,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--mode", choices=("single", "multi"), default="single")
     parser.add_argument("--strategy", choices=MULTI_INSTANCE_STRATEGIES, default="random")
+    parser.add_argument(
+        "--report",
+        choices=("protocol", "obedience"),
+        default="protocol",
+        help="protocol: the paper's metrics; obedience: whether each click is obeyed (see above)",
+    )
     parser.add_argument("--max-clicks", type=int, default=20, help="single-instance click cap")
     parser.add_argument("--iou-threshold", type=float, help="default 0.90 (single) / 0.85 (multi)")
     parser.add_argument("--seed-id", type=int, default=0, help="random strategies use seed 123456 + seed-id")
@@ -76,7 +103,31 @@ def main(argv: list[str] | None = None) -> None:
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
     samples = read_dataset(args.dataset, args.data_root, args.mode)[: args.limit]
 
-    if args.mode == "single":
+    if args.report == "obedience" and args.mode == "single":
+        result = evaluate_obedience(segmenter, samples, args.max_clicks)
+        metrics = obedience_metrics(result)
+        table = obedience_table(args.dataset, metrics)
+        details = {
+            "samples": {
+                sample_id: {"positive": positive, "obeyed": obeyed, "ious": ious}
+                for sample_id, positive, obeyed, ious in zip(
+                    result.sample_ids, result.positive, result.obeyed, result.ious, strict=True
+                )
+            }
+        }
+    elif args.report == "obedience":
+        result = evaluate_instance_separation(segmenter, samples)
+        metrics = separation_metrics(result)
+        table = separation_table(args.dataset, metrics)
+        details = {
+            "samples": {
+                sample_id: {"empty": empty, "owns_click": owns, "ious": ious}
+                for sample_id, empty, owns, ious in zip(
+                    result.sample_ids, result.empty, result.owns_click, result.ious, strict=True
+                )
+            }
+        }
+    elif args.mode == "single":
         result = evaluate_single_instance(segmenter, samples, args.max_clicks, args.iou_threshold or 0.90)
         metrics = single_instance_metrics(result)
         table = single_instance_table(args.dataset, metrics)
@@ -97,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics,
         {
             "model": args.model or f"preset:{args.preset}",
+            "report": args.report,
             "resize": {"short_edge": processor.short_edge, "max_size": processor.max_size},
             **details,
         },

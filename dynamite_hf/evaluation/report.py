@@ -27,6 +27,44 @@ def multi_instance_table(dataset: str, strategy: str, metrics: dict) -> str:
     )
 
 
+def _percent(value: float) -> str:
+    return "-" if value != value else f"{100 * value:.1f} %"
+
+
+def obedience_table(dataset: str, metrics: dict) -> str:
+    """Markdown of the single-instance obedience report: corrective clicks obeyed, then per click index."""
+    clicks = len(metrics["mIoU_per_click"])
+    lines = [
+        "| dataset | objects | positive clicks obeyed | negative clicks obeyed | clicks changing IoU by <= 0.005 | "
+        "mIoU after 1 / 5 / last click |",
+        "|---|---|---|---|---|---|",
+        f"| {dataset} | {metrics['samples']} | {_percent(metrics['positive_obeyed'])} of {metrics['positive_clicks']} | "
+        f"{_percent(metrics['negative_obeyed'])} of {metrics['negative_clicks']} | "
+        f"{_percent(metrics['unchanged_clicks'])} | {metrics['mIoU_per_click'][0]:.3f} / "
+        f"{metrics['mIoU_per_click'][min(4, clicks - 1)]:.3f} / {metrics['mIoU_per_click'][-1]:.3f} |",
+        "",
+        "| click | positive obeyed | negative obeyed | mean IoU after | mean IoU change |",
+        "|---|---|---|---|---|",
+    ]
+    for index in range(clicks):
+        lines.append(
+            f"| {index + 1} | {_percent(metrics['positive_obeyed_per_click'][index])} | "
+            f"{_percent(metrics['negative_obeyed_per_click'][index])} | {metrics['mIoU_per_click'][index]:.3f} | "
+            f"{metrics['mean_iou_change_per_click'][index]:+.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def separation_table(dataset: str, metrics: dict) -> str:
+    """Markdown of the multi-instance obedience report (one click per object, each a new instance)."""
+    return (
+        "| dataset | images | objects | instances containing their click | empty instances | mIoU |\n"
+        "|---|---|---|---|---|---|\n"
+        f"| {dataset} | {metrics['images']} | {metrics['objects']} | {_percent(metrics['instances_containing_click'])} | "
+        f"{_percent(metrics['empty_instances'])} | {metrics['mIoU']:.3f} |"
+    )
+
+
 def save_report(output: Path, table: str, metrics: dict, details: dict) -> None:
     """`results.md` (the table), `results.json` (metrics and per-sample results) and, for single-instance
     runs, `miou_per_click.png`."""
