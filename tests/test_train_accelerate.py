@@ -3,8 +3,10 @@ equals the uninterrupted one, unusable rows are skipped and counted, and a small
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -170,3 +172,62 @@ def test_a_small_model_overfits_four_real_images(four_images, tmp_path) -> None:
     print(f"clicked-instance IoU before {before:.3f}, after {after:.3f}; final loss {logs['train/loss']:.2f}")
     # measured: 0.08 -> 0.56 (loss 21) in 100 steps
     assert after > before + 0.3 and after > 0.45, (before, after)
+
+
+def _training_process(marker: str, local_rank: int) -> int | None:
+    """The pid of the trainer process of `local_rank` whose command line holds `marker`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            marker in command
+            and "train_accelerate.py" in command
+            and f"LOCAL_RANK={local_rank}".encode() in environment
+        ):
+            return int(entry.name)
+    return None
+
+
+def test_a_hung_process_ends_the_run_with_an_error_naming_rank_and_step(four_images, tmp_path) -> None:
+    """Process 1 is frozen (SIGSTOP) mid-run: process 0's next gradient all-reduce times out, and the run ends
+    with an error that names the process and the step, instead of waiting forever."""
+    import signal
+    import time
+
+    output = tmp_path / "hung"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(free_port())]
+    args = ["--dataset", str(four_images / "four"), "--output-dir", str(output), "--max-steps", "10000", *QUICK]
+    args += ["--collective-timeout", "15", "--checkpoint-every", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "log.txt"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            [*launcher, str(ROOT / "train_accelerate.py"), *args], stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
+    frozen = None
+    try:
+        deadline = time.monotonic() + 300
+        while "training:" not in log.read_text() or "| 3/" not in log.read_text().replace("\r", "\n"):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        frozen = _training_process(str(output), 1)
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)
+        returncode = process.wait(timeout=240)
+    finally:
+        if frozen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+    text = log.read_text()
+    assert returncode != 0
+    assert re.search(r"process 0 of 2: a collective operation .* at step \d+ \(micro-step \d+\)", text), text[-3000:]
+    assert "--resume-from-checkpoint" in text

@@ -250,11 +250,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     trackers = [t for t in arguments.report_to.split(",") if t and t != "none"]
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
     accelerator = Accelerator(
-        kwargs_handlers=[
-            InitProcessGroupKwargs(
-                backend="gloo" if on_cpu else "nccl", timeout=timedelta(seconds=arguments.collective_timeout)
-            )
-        ],
+        # backend None: Accelerate picks gloo / NCCL itself (and no process group at all for one process).
+        kwargs_handlers=[InitProcessGroupKwargs(backend=None, timeout=timedelta(seconds=arguments.collective_timeout))],
         # Without an accelerator device, processes started by `accelerate launch --multi_gpu` / torchrun join
         # over gloo on the CPU (Accelerate only picks MULTI_CPU when told the run is on the CPU).
         cpu=on_cpu,
