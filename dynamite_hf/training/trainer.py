@@ -418,11 +418,11 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                     unwrapped.train()
                 accelerator.wait_for_everyone()
             if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
-                _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
+                _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config)
     progress.close()
     # (decided from the step, never from the file system, so every process takes part in the same collectives)
     if arguments.checkpoint_every and state.step % arguments.checkpoint_every:
-        _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit)
+        _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config)
 
     with collective_failures_named(rank, world, state, arguments.collective_timeout):
         digests = gather_object([weights_digest(unwrapped.model)])
@@ -454,9 +454,37 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     return summary
 
 
-def _save_checkpoint(accelerator, folder: Path, step: int, total_limit: int) -> None:
+def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source: str | Path | None = None) -> Path:
+    """A `save_pretrained` folder (model, processor config) from a `checkpoints/step_N` folder of a run."""
+    from safetensors.torch import load_file
+
+    from ..image_processing_dynamite import DynamiteImageProcessor
+
+    checkpoint = Path(checkpoint)
+    weights = checkpoint / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"--checkpoint: {checkpoint} holds no model.safetensors (a checkpoints/step_N folder?)")
+    if (checkpoint / "config.json").is_file():
+        config = DynamiteConfig.from_pretrained(checkpoint)
+    elif config_source is not None:
+        config = DynamiteConfig.from_pretrained(config_source)
+    else:
+        raise ValueError(f"--checkpoint: {checkpoint} has no config.json; give --config (the run's starting model)")
+    config.use_imagenet_backbone = False
+    model = DynamiteModel(config)
+    state = {key.removeprefix("model."): value for key, value in load_file(weights).items()}
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(output)
+    DynamiteImageProcessor.from_config(config).save_pretrained(output)
+    return Path(output)
+
+
+def _save_checkpoint(accelerator, folder: Path, step: int, total_limit: int, config: DynamiteConfig) -> None:
     path = folder / f"step_{step}"
     accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        # So that scripts/export_checkpoint.py can turn the checkpoint into a model on its own.
+        config.to_json_file(path / "config.json")
     if accelerator.is_main_process and total_limit > 0:
         for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-total_limit]:
             shutil.rmtree(old)
