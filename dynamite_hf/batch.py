@@ -15,7 +15,8 @@ sets their timestamps). Relative image paths are read from the clicks file's fol
 
 For each image, `OUTPUT/<image stem>/` receives, by `--format`: `png` (label_map.png with instance ids and
 label_map_palette.png in colour), `instances` (instance_000.png, ... 0/255), `coco` (coco.json with RLE) and
-`overlay` (overlay.png).
+`overlay` (overlay.png). Every clicked instance is written, even when its mask came out empty (an all-zero
+instance PNG, a COCO annotation of area 0); the command's summary names those.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +66,27 @@ def read_jobs(path: str | Path) -> list[dict[str, Any]]:
     return jobs
 
 
+@dataclass
+class SegmentedImage:
+    """What `segment_images` wrote for one image. Instances are 0-based, as in the clicks file."""
+
+    image: Path
+    folder: Path
+    num_instances: int
+    empty_instances: list[int]  # clicked, but no pixel went to them
+
+
 def segment_images(
     predictor: DynamitePredictor,
     jobs: Sequence[dict[str, Any]],
     output_dir: str | Path,
     formats: Sequence[str] = FORMATS,
-) -> list[Path]:
-    """Replay each job's clicks on its image and write the requested files; returns the per-image folders."""
+) -> list[SegmentedImage]:
+    """Replay each job's clicks on its image and write the requested files, one folder per image."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
-    folders = []
+    results = []
     for job in tqdm(jobs, desc="segmenting", unit="image", disable=len(jobs) < 2):
         predictor.set_image(job["image"])
         for click in job["clicks"]:
@@ -84,19 +96,22 @@ def segment_images(
                 predictor.add_click(click.row, click.col, instance=click.instance)
         folder = Path(output_dir) / Path(job["image"]).stem
         folder.mkdir(parents=True, exist_ok=True)
-        label_map = predictor.label_map
+        label_map, num_instances = predictor.label_map, predictor.num_instances
         if "png" in formats:
             export.save_label_map(label_map, folder / "label_map.png")
             export.save_palette_label_map(label_map, folder / "label_map_palette.png")
         if "instances" in formats:
-            export.save_instance_masks(label_map, folder)
+            export.save_instance_masks(label_map, folder, num_instances=num_instances)
         if "coco" in formats:
-            export.save_coco(label_map, folder / "coco.json", file_name=Path(job["image"]).name)
+            export.save_coco(
+                label_map, folder / "coco.json", file_name=Path(job["image"]).name, num_instances=num_instances
+            )
         if "overlay" in formats:
             overlay = export.render_overlay(predictor.image, label_map, predictor.clicks)
             Image.fromarray(overlay).save(folder / "overlay.png")
-        folders.append(folder)
-    return folders
+        empty = export.empty_instances(label_map, num_instances)
+        results.append(SegmentedImage(Path(job["image"]), folder, num_instances, empty))
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -110,8 +125,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     jobs = read_jobs(args.clicks)
     predictor = DynamitePredictor(DynamiteModel.from_pretrained(args.model))
-    folders = segment_images(predictor, jobs, args.output, [f.strip() for f in args.format.split(",") if f.strip()])
-    print(f"wrote {len(folders)} image folder(s) to {args.output}")
+    results = segment_images(predictor, jobs, args.output, [f.strip() for f in args.format.split(",") if f.strip()])
+    print(f"wrote {len(results)} image folder(s) to {args.output}")
+    for result in results:
+        if result.empty_instances:
+            names = ", ".join(str(k) for k in result.empty_instances)
+            plural = "s" if len(result.empty_instances) > 1 else ""
+            verb = "have empty masks" if plural else "has an empty mask"
+            print(f"{result.image.name}: instance{plural} {names} {verb} (exported all the same)")
 
 
 if __name__ == "__main__":

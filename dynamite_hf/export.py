@@ -13,23 +13,48 @@ from PIL import Image, ImageDraw
 
 from .clicks import Click
 
-
-def voc_palette(num_colors: int = 256) -> np.ndarray:
-    """The Pascal VOC colour map, `(num_colors, 3)` uint8 (index 0 black, 1 red, 2 green, ...)."""
-    palette = np.zeros((num_colors, 3), dtype=np.uint8)
-    for index in range(num_colors):
-        value, color = index, [0, 0, 0]
-        for shift in range(7, -1, -1):
-            for channel in range(3):
-                color[channel] |= ((value >> channel) & 1) << shift
-            value >>= 3
-        palette[index] = color
-    return palette
+# Ten saturated, light colours, pairwise at least 94 apart in RGB, none close to the red of background clicks.
+# Instance 1 is yellow: the VOC palette's dark red (128, 0, 0) vanished on red and brown objects. Beyond ten
+# instances the colours repeat; the outlines still separate the masks.
+INSTANCE_COLORS = np.array(
+    [
+        (255, 225, 25),
+        (30, 144, 255),
+        (255, 64, 200),
+        (60, 220, 75),
+        (255, 128, 0),
+        (0, 230, 230),
+        (170, 90, 255),
+        (150, 200, 255),
+        (200, 255, 120),
+        (255, 180, 220),
+    ],
+    dtype=np.uint8,
+)
+RIM_COLOR = (255, 255, 255)  # on each mask's edge pixels
+HALO_COLOR = (0, 0, 0)  # just outside each mask: white or black reads on any photo
+BACKGROUND_CLICK_COLOR = (255, 0, 0)
 
 
 def instance_color(instance: int) -> tuple[int, int, int]:
-    """Colour of instance `k` (0-based): VOC palette entry k + 1, as the original demo."""
-    return tuple(int(v) for v in voc_palette(256)[(instance % 255) + 1])
+    """Colour of instance `k` (0-based) in the overlay and the palette PNG."""
+    return tuple(int(v) for v in INSTANCE_COLORS[instance % len(INSTANCE_COLORS)])
+
+
+def label_palette(num_colors: int = 256) -> np.ndarray:
+    """`(num_colors, 3)` uint8 colours by label value: 0 (background) black, `k + 1` the colour of instance `k`."""
+    palette = np.zeros((num_colors, 3), dtype=np.uint8)
+    palette[1:] = INSTANCE_COLORS[np.arange(num_colors - 1) % len(INSTANCE_COLORS)]
+    return palette
+
+
+def empty_instances(label_map: np.ndarray, num_instances: int) -> list[int]:
+    """The instances among `0..num_instances - 1` (0-based) that have no pixel in `label_map`: clicked, but
+    every pixel went to another instance or the background."""
+    label_map = _check_label_map(label_map)
+    num_instances = _instance_count(label_map, num_instances)
+    present = np.bincount(label_map.ravel(), minlength=num_instances + 1) > 0
+    return [instance for instance in range(num_instances) if not present[instance + 1]]
 
 
 def _check_label_map(label_map: np.ndarray) -> np.ndarray:
@@ -41,6 +66,18 @@ def _check_label_map(label_map: np.ndarray) -> np.ndarray:
     return label_map
 
 
+def _instance_count(label_map: np.ndarray, num_instances: int | None) -> int:
+    """`num_instances` checked against the ids in `label_map` (default: the largest id)."""
+    largest = int(label_map.max(initial=0))
+    if num_instances is None:
+        return largest
+    if not isinstance(num_instances, (int, np.integer)) or num_instances < largest:
+        raise ValueError(
+            f"num_instances must be at least {largest} (the largest id in label_map), got {num_instances!r}"
+        )
+    return int(num_instances)
+
+
 def save_label_map(label_map: np.ndarray, path: str | Path) -> Path:
     """Instance ids as a grayscale PNG (8-bit, or 16-bit beyond 255 instances)."""
     label_map = _check_label_map(label_map)
@@ -50,12 +87,12 @@ def save_label_map(label_map: np.ndarray, path: str | Path) -> Path:
 
 
 def save_palette_label_map(label_map: np.ndarray, path: str | Path) -> Path:
-    """Instance ids as a palette PNG in the VOC colours (readable ids, visible colours); up to 255 instances."""
+    """Instance ids as a palette PNG in the overlay's colours (readable ids, visible colours); up to 255 instances."""
     label_map = _check_label_map(label_map)
     if label_map.max(initial=0) > 255:
         raise ValueError(f"a palette PNG holds at most 255 instances, got {label_map.max()}")
     image = Image.fromarray(label_map.astype(np.uint8), mode="P")
-    image.putpalette(voc_palette(256).flatten().tolist())
+    image.putpalette(label_palette(256).flatten().tolist())
     image.save(path)
     return Path(path)
 
@@ -63,13 +100,18 @@ def save_palette_label_map(label_map: np.ndarray, path: str | Path) -> Path:
 def save_instance_masks(
     label_map: np.ndarray, directory: str | Path, prefix: str = "instance", num_instances: int | None = None
 ) -> list[Path]:
-    """One 0/255 PNG per instance: `<prefix>_000.png` for instance 0, and so on (`num_instances` of them,
-    default the largest id, so an instance whose mask came out empty still gets its file)."""
+    """One 0/255 PNG per instance: `<prefix>_000.png` for instance 0, and so on.
+
+    Args:
+        num_instances: how many instances were clicked (default: the largest id in `label_map`). Every one gets
+            its file, an all-zero one when its mask came out empty.
+    """
     label_map = _check_label_map(label_map)
+    num_instances = _instance_count(label_map, num_instances)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for instance in range(int(label_map.max(initial=0)) if num_instances is None else num_instances):
+    for instance in range(num_instances):
         path = directory / f"{prefix}_{instance:03d}.png"
         Image.fromarray(((label_map == instance + 1) * 255).astype(np.uint8)).save(path)
         paths.append(path)
@@ -109,23 +151,25 @@ def to_coco(
     image_id: int = 1,
     segmentation: str = "rle",
     category_name: str = "object",
+    num_instances: int | None = None,
 ) -> dict[str, Any]:
     """A COCO-style dataset dict for one image: one annotation per instance.
 
     Args:
         segmentation: `"rle"` (exact) or `"polygon"` (outer contours).
+        num_instances: how many instances were clicked (default: the largest id in `label_map`). Every one gets
+            an annotation; an empty mask gives area 0, bbox `[0, 0, 0, 0]` and an empty segmentation.
     """
     if segmentation not in ("rle", "polygon"):
         raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
     from pycocotools import mask as mask_utils
 
     label_map = _check_label_map(label_map)
+    num_instances = _instance_count(label_map, num_instances)
     height, width = label_map.shape
     annotations = []
-    for instance in range(int(label_map.max(initial=0))):
+    for instance in range(num_instances):
         mask = label_map == instance + 1
-        if not mask.any():
-            continue
         rle = mask_to_rle(mask)
         encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
         annotations.append(
@@ -161,35 +205,47 @@ def render_overlay(
     click_radius: int = 3,
     show_clicks: bool = True,
     masks_only: bool = False,
+    selected: int | None = None,
 ) -> np.ndarray:
-    """The image with instances blended in their colours and the clicks marked, `(H, W, 3)` uint8.
+    """The image with instances blended in their colours, outlined, and the clicks marked, `(H, W, 3)` uint8.
 
-    Positive clicks are discs in their instance's colour with a white rim; background clicks are red discs with
-    a black rim. `masks_only` draws the coloured label map alone (no photo). Click coordinates are read in the
-    image's frame (`row, col`).
+    Every mask gets a white rim on its edge pixels and a black line just outside, so its outline reads on any
+    photo; the `selected` instance (0-based) gets a 2 px rim. Positive clicks are discs in their instance's
+    colour with a white rim; background clicks are red discs with a black rim. `masks_only` draws the coloured
+    label map alone (no photo). Click coordinates are read in the image's frame (`row, col`).
     """
+    import cv2
+
     image = np.asarray(image)
     label_map = _check_label_map(label_map)
     if image.shape[:2] != label_map.shape:
         raise ValueError(f"image {image.shape[:2]} and label_map {label_map.shape} differ in size")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    colors = voc_palette(256)
-    colors = np.concatenate([colors[:1], colors[1:][np.arange(max(int(label_map.max(initial=0)), 1)) % 255]])
-    colored = colors[label_map]
+    colored = label_palette(int(label_map.max(initial=0)) + 1)[label_map]
+    foreground = label_map > 0
     if masks_only:
         blended = colored
     else:
-        blended = image.astype(np.float32)
-        foreground = label_map > 0
-        blended[foreground] = (1 - alpha) * blended[foreground] + alpha * colored[foreground]
-        blended = blended.round().astype(np.uint8)
+        blended = image.copy()
+        mixed = (1 - alpha) * image[foreground] + alpha * colored[foreground].astype(np.float32)
+        blended[foreground] = mixed.round().astype(np.uint8)
+    # Outlines: 4-neighbours with another label; cv2's morphology wants uint8/uint16 labels.
+    labels = np.minimum(label_map, np.iinfo(np.uint16).max).astype(np.uint16)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    grown = cv2.dilate(labels, cross)
+    rim = foreground & ((grown != labels) | (cv2.erode(labels, cross) != labels))
+    if selected is not None:
+        chosen = (labels == selected + 1).astype(np.uint8)
+        rim |= (chosen > 0) & (cv2.erode(chosen, cross, iterations=2) == 0)
+    blended[~foreground & (grown > 0)] = HALO_COLOR
+    blended[rim] = RIM_COLOR
     if not (show_clicks and clicks and click_radius > 0):
         return blended
     canvas = Image.fromarray(blended)
     draw = ImageDraw.Draw(canvas)
     for click in clicks:
-        fill = (255, 0, 0) if click.instance is None else instance_color(click.instance)
+        fill = BACKGROUND_CLICK_COLOR if click.instance is None else instance_color(click.instance)
         outline = (0, 0, 0) if click.instance is None else (255, 255, 255)
         r = click_radius
         draw.ellipse((click.col - r, click.row - r, click.col + r, click.row + r), fill=fill, outline=outline)

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 
 from dynamite_hf import Click
 from dynamite_hf.export import (
+    empty_instances,
     instance_color,
     render_overlay,
     save_coco,
@@ -34,7 +35,7 @@ def test_label_map_png_reads_back_the_ids(label_map, tmp_path) -> None:
     assert np.array_equal(np.asarray(Image.open(save_label_map(label_map, tmp_path / "ids.png"))), label_map)
     palette = Image.open(save_palette_label_map(label_map, tmp_path / "palette.png"))
     assert palette.mode == "P" and np.array_equal(np.asarray(palette), label_map)
-    assert tuple(palette.getpalette()[3:6]) == instance_color(0) == (128, 0, 0)  # not black
+    assert tuple(palette.getpalette()[3:6]) == instance_color(0) != (0, 0, 0)  # the overlay's colours
 
 
 def test_many_instances_use_16_bit(tmp_path) -> None:
@@ -90,3 +91,43 @@ def test_overlay_colours_instances_and_marks_clicks(label_map) -> None:
     assert np.array_equal(render_overlay(image, label_map, clicks, show_clicks=False)[2, 2], [100, 100, 100])
     with pytest.raises(ValueError, match="differ in size"):
         render_overlay(image[:10], label_map)
+
+
+def test_clicked_instances_with_empty_masks_are_still_exported(label_map, tmp_path) -> None:
+    """One rule for every export: all `num_instances` clicked instances, an empty mask included."""
+    assert empty_instances(label_map, 5) == [3, 4]
+    coco = to_coco(label_map, num_instances=5)
+    assert [a["instance"] for a in coco["annotations"]] == [0, 1, 2, 3, 4]
+    empty = coco["annotations"][3]
+    assert empty["area"] == 0 and empty["bbox"] == [0.0, 0.0, 0.0, 0.0]
+    rle = dict(empty["segmentation"], counts=empty["segmentation"]["counts"].encode())
+    assert not mask_utils.decode(rle).any()
+    assert to_coco(label_map, num_instances=5, segmentation="polygon")["annotations"][4]["segmentation"] == []
+    paths = save_instance_masks(label_map, tmp_path, num_instances=5)
+    assert len(paths) == 5 and not np.asarray(Image.open(paths[4])).any()
+    with pytest.raises(ValueError, match=r"num_instances must be at least 3 \(the largest id in label_map\), got 2"):
+        to_coco(label_map, num_instances=2)
+
+
+def test_instance_colours_are_bright_and_far_apart() -> None:
+    """Saturated, light colours, pairwise far apart: they read on dark, red or brown photos alike."""
+    colors = np.array([instance_color(k) for k in range(10)], dtype=float)
+    distances = np.linalg.norm(colors[:, None] - colors[None], axis=-1)[np.triu_indices(10, 1)]
+    assert distances.min() > 90, distances.min()
+    assert (colors.max(axis=1) >= 200).all()
+
+
+def test_overlay_outlines_every_mask_and_the_selected_one_thicker(label_map) -> None:
+    photo = np.zeros((40, 60, 3), dtype=np.uint8)
+    photo[...] = (150, 50, 40)  # a red-brown object, where the old dark red vanished
+    overlay = render_overlay(photo, label_map, alpha=0.5, selected=1).astype(int)
+    white, black = [255, 255, 255], [0, 0, 0]
+    # Instance 0 (rows 5-19, cols 5-24): a white rim on its edge pixels, a black line just outside.
+    assert overlay[5, 10].tolist() == white and overlay[4, 10].tolist() == black
+    assert overlay[19, 10].tolist() == white and overlay[20, 10].tolist() == black
+    assert overlay[6, 10].tolist() != white  # 1 px rim for an unselected instance
+    # Instance 1 (rows 25-34, cols 30-54) is selected: a 2 px rim.
+    assert overlay[25, 40].tolist() == white and overlay[26, 40].tolist() == white
+    assert overlay[27, 40].tolist() != white
+    # The fill stands out from the photo.
+    assert np.abs(overlay[12, 15] - photo[12, 15]).sum() > 100
