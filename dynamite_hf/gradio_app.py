@@ -8,6 +8,7 @@ click (one per-image pass plus one prediction).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from .modeling_dynamite import DynamiteModel
 from .predictor import DynamitePredictor
 
 MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a notice)
+MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to click in the browser
 DEFAULT_MAX_SESSIONS = 8
 
 
@@ -119,10 +121,18 @@ class DynamiteApp:
 
     # -- actions: each takes the session state and returns (state, message) ------------------------------
     def load(self, state: SessionState, source: Any, session: str) -> tuple[SessionState, str]:
+        # Gradio hands over a temporary copy named as the user's file: name that, not the server's folder.
+        name = Path(source).name if isinstance(source, (str, Path)) else None
         try:
-            image = load_image(source, argument="the upload")
+            image = load_image(source, argument="the upload", name=name)
         except ValueError as error:
             return state, f"⚠️ {error}"
+        if min(image.shape[:2]) < MIN_SIDE:
+            shown = f" {name!r}" if name else ""
+            return state, (
+                f"⚠️ The upload{shown} is {image.shape[1]}x{image.shape[0]} pixels: images need at least {MIN_SIDE} px "
+                "on each side to be clicked. The previous image and its clicks are kept."
+            )
         notice = ""
         if max(image.shape[:2]) > MAX_SIDE:
             scale = MAX_SIDE / max(image.shape[:2])
@@ -140,6 +150,11 @@ class DynamiteApp:
     ) -> tuple[SessionState, str]:
         if state.image is None:
             return state, "⚠️ Upload an image (or pick an example) before clicking."
+        for name, value in (("row", row), ("col", col)):
+            if not _is_number(value):
+                side = "top" if name == "row" else "left"
+                return state, f"⚠️ {name} must be a number (pixels from the {side} of the image), got {value!r}."
+        row, col = float(row), float(col)
         height, width = state.image.shape[:2]
         if not (0 <= row < height and 0 <= col < width):
             return state, f"⚠️ Click at (x={col:.0f}, y={row:.0f}) is outside the {width}x{height} image."
@@ -149,7 +164,7 @@ class DynamiteApp:
         state.history = [*previous, [*state.clicks, click]]
         try:
             start = time.perf_counter()
-            self.cache.label_map(session, state)
+            label_map = self.cache.label_map(session, state)
             milliseconds = 1000 * (time.perf_counter() - start)
         except Exception as error:  # keep the session's clicks whatever failed
             state.history = previous
@@ -157,7 +172,7 @@ class DynamiteApp:
         if instance is not None:
             state.selected = instance
         kind = "background" if instance is None else f"instance {instance + 1}"
-        return state, f"Click on {kind}: {milliseconds:.0f} ms."
+        return state, f"Click on {kind}: {milliseconds:.0f} ms.{_empty_note(label_map, state.num_instances)}"
 
     def add_instance(self, state: SessionState) -> tuple[SessionState, str]:
         state.selected = state.num_instances
@@ -199,7 +214,10 @@ class DynamiteApp:
         label_map = self.label_map(state, session)
         if label_map is None:
             return None
-        return export.render_overlay(state.image, label_map, state.clicks, alpha, int(radius), masks_only=masks_only)
+        selected = state.selected if state.selected < state.num_instances else None
+        return export.render_overlay(
+            state.image, label_map, state.clicks, alpha, int(radius), masks_only=masks_only, selected=selected
+        )
 
     def export(self, state: SessionState, session: str) -> tuple[list[str], str]:
         if state.image is None or state.num_instances == 0:
@@ -208,13 +226,31 @@ class DynamiteApp:
         folder = self.export_root / uuid.uuid4().hex
         folder.mkdir(parents=True)
         export.save_label_map(label_map, folder / "label_map.png")
-        export.save_coco(label_map, folder / "coco.json", file_name="image.png")
+        # Every clicked instance is exported, an empty mask included, so all three files agree with the message.
+        export.save_coco(label_map, folder / "coco.json", file_name="image.png", num_instances=state.num_instances)
         paths = export.save_instance_masks(label_map, folder / "instances", num_instances=state.num_instances)
         with zipfile.ZipFile(folder / "instance_masks.zip", "w") as archive:
             for path in paths:
                 archive.write(path, path.name)
         files = [str(folder / name) for name in ("label_map.png", "instance_masks.zip", "coco.json")]
-        return files, f"Exported {state.num_instances} instance(s)."
+        return files, f"Exported {state.num_instances} instance(s).{_empty_note(label_map, state.num_instances)}"
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _empty_note(label_map: np.ndarray, num_instances: int) -> str:
+    """A note naming the clicked instances that got no pixel (numbered from 1, as in the UI), or ""."""
+    empty = [str(k + 1) for k in export.empty_instances(label_map, num_instances)]
+    if not empty:
+        return ""
+    if len(empty) == 1:
+        return f" Instance {empty[0]} is empty (no pixel went to it); it is exported as an empty mask."
+    return f" Instances {', '.join(empty)} are empty (no pixel went to them); they are exported as empty masks."
 
 
 def load_app_model(model: str | None) -> tuple[DynamiteModel, str]:
@@ -248,12 +284,18 @@ def build_demo(app: DynamiteApp):
         choices[-1] = (f"Instance {state.num_instances + 1} (new)", state.num_instances)
         return gr.update(choices=choices, value=min(state.selected, state.num_instances))
 
-    def view(state, message, alpha, radius, masks_only, request: gr.Request):
+    def view(state, message, alpha, radius, masks_only, request: gr.Request, before=None):
+        """The outputs after an action; `before` = (image key, clicks) from before it: the downloads of earlier
+        masks are cleared once the image or the clicks changed."""
         try:
             image = app.render(state, session_of(request), alpha, radius, masks_only)
         except Exception as error:  # never a traceback in the UI; the state is kept
             image, message = None, f"⚠️ {error}"
-        return state, image, message, instance_choices(state)
+        changed = before is not None and before != (state.image_key, state.clicks)
+        return state, image, message, instance_choices(state), None if changed else gr.skip()
+
+    def snapshot(state):
+        return state.image_key, list(state.clicks)
 
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation") as demo:
         state = gr.State(SessionState())
@@ -270,7 +312,8 @@ def build_demo(app: DynamiteApp):
                 )
                 status = gr.Markdown("Upload an image or pick an example.", elem_id="status")
             with gr.Column(scale=1):
-                upload = gr.File(label="Upload an image", file_types=["image"], type="filepath", elem_id="upload")
+                # Any file type: the app answers a non-image with a message (a type filter drops it silently).
+                upload = gr.File(label="Upload an image", type="filepath", elem_id="upload")
                 gr.Examples(examples=examples, inputs=upload, label="Examples")
                 instance = gr.Radio(label="Instance", choices=[("Instance 1 (new)", 0)], value=0, elem_id="instance")
                 with gr.Row():
@@ -287,27 +330,31 @@ def build_demo(app: DynamiteApp):
                 files = gr.File(label="Downloads", file_count="multiple", elem_id="downloads")
 
         look = [alpha, radius, masks_only]
-        outputs = [state, canvas, status, instance]
+        outputs = [state, canvas, status, instance, files]
 
         def on_upload(state, source, alpha, radius, masks_only, request: gr.Request):
             if source is None:
-                return state, gr.update(), "Upload an image or pick an example.", instance_choices(state)
+                return state, gr.update(), "Upload an image or pick an example.", instance_choices(state), gr.skip()
+            before = snapshot(state)
             state, message = app.load(state, source, session_of(request))
-            return view(state, message, alpha, radius, masks_only, request)
+            return view(state, message, alpha, radius, masks_only, request, before)
 
         def on_select(state, background, alpha, radius, masks_only, event: gr.SelectData, request: gr.Request):
             col, row = event.index
+            before = snapshot(state)
             state, message = app.click(state, row, col, background, session_of(request))
-            return view(state, message, alpha, radius, masks_only, request)
+            return view(state, message, alpha, radius, masks_only, request, before)
 
         def on_api_click(state, row, col, background, alpha, radius, masks_only, request: gr.Request):
-            state, message = app.click(state, float(row), float(col), bool(background), session_of(request))
-            return view(state, message, alpha, radius, masks_only, request)
+            before = snapshot(state)
+            state, message = app.click(state, row, col, bool(background), session_of(request))
+            return view(state, message, alpha, radius, masks_only, request, before)
 
         def action(method):
             def handler(state, alpha, radius, masks_only, request: gr.Request):
+                before = snapshot(state)
                 state, message = method(state)
-                return view(state, message, alpha, radius, masks_only, request)
+                return view(state, message, alpha, radius, masks_only, request, before)
 
             return handler
 

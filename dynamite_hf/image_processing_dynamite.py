@@ -21,7 +21,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
 def load_image(
-    image: ImageLike, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, argument: str = "image"
+    image: ImageLike, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, argument: str = "image", name: str | None = None
 ) -> np.ndarray:
     """Any supported image -> `(height, width, 3)` uint8 RGB array.
 
@@ -30,24 +30,34 @@ def load_image(
     (`HxWx4`, RGBA, LA, palette with transparency) is dropped, keeping the colour values as stored. Images larger
     than `max_image_pixels` are refused before they are decoded (decompression bombs).
 
+    Args:
+        argument: how error messages name the input.
+        name: how error messages name a file given by path (default: the path), e.g. the name it was uploaded
+            under rather than the server's temporary copy.
+
     Raises:
         ValueError: naming `argument` for empty, corrupt, oversized or wrongly typed images.
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
+        shown = repr(str(path) if name is None else name)
         if not path.is_file():
-            raise ValueError(f"{argument}: no such file {str(path)!r}")
+            raise ValueError(f"{argument}: no such file {shown}")
         if path.stat().st_size == 0:
-            raise ValueError(f"{argument}: {str(path)!r} is an empty file, not an image")
+            raise ValueError(f"{argument}: {shown} is an empty file, not an image")
         try:
             with Image.open(path) as opened:
                 _check_pixels(opened.size, max_image_pixels, argument)
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
         except Image.DecompressionBombError as error:
-            raise ValueError(f"{argument}: {str(path)!r} is too large to decode safely ({error})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{argument}: {str(path)!r} is not a readable image ({error})") from None
+            raise ValueError(f"{argument}: {shown} is too large to decode safely ({error})") from None
+        except UnidentifiedImageError:  # Pillow's message only repeats the path
+            raise ValueError(
+                f"{argument}: {shown} is not a readable image (not an image format Pillow knows)"
+            ) from None
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"{argument}: {shown} is not a readable image ({error})") from None
     if isinstance(image, Image.Image):
         _check_pixels(image.size, max_image_pixels, argument)
         if image.mode not in ("RGB", "L"):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from PIL import Image
 from test_modeling import tiny_model
 
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
-from dynamite_hf.gradio_app import MAX_SIDE, DynamiteApp, PredictorCache, SessionState
+from dynamite_hf.gradio_app import MAX_SIDE, MIN_SIDE, DynamiteApp, PredictorCache, SessionState
 
 gradio_client = pytest.importorskip("gradio_client")
 LOOK = (0.5, 3, False)  # alpha, click radius, masks only
@@ -84,21 +88,69 @@ def test_eight_simultaneous_sessions_get_their_own_masks(model_dir, tmp_path) ->
 
 
 def test_bad_input_gives_messages_and_keeps_clicks(model_dir, tmp_path) -> None:
-    text_file = tmp_path / "notes.png"
-    text_file.write_text("not an image")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("a text file")
     with running_app(model_dir) as url:
         client = gradio_client.Client(url, verbose=False)
         assert "before clicking" in client.predict(3, 3, False, *LOOK, api_name="/click")[1]
         assert "Nothing to export" in client.predict(api_name="/export")[1]
-        assert (
-            "not a readable image"
-            in client.predict(gradio_client.handle_file(str(text_file)), *LOOK, api_name="/upload")[1]
-        )
+        message = client.predict(gradio_client.handle_file(str(not_an_image)), *LOOK, api_name="/upload")[1]
+        # Named once, as the user uploaded it: the server's temporary folder stays out of the message.
+        assert "'notes.png' is not a readable image" in message and message.count("notes.png") == 1, message
+        assert tempfile.gettempdir() not in message, message
+        message = client.predict(gradio_client.handle_file(str(text_file)), *LOOK, api_name="/upload")[1]
+        assert "'notes.txt' is not a readable image" in message, message
         client.predict(gradio_client.handle_file(write_image(tmp_path, 1)), *LOOK, api_name="/upload")
         client.predict(10, 10, False, *LOOK, api_name="/click")
         assert "outside" in client.predict(500, 10, False, *LOOK, api_name="/click")[1]
-        files, message = client.predict(api_name="/export")  # the earlier click survived the error
+        for row, col, name, given in (("abc", 10, "row", "'abc'"), (10, None, "col", "None")):
+            message = client.predict(row, col, False, *LOOK, api_name="/click")[1]
+            assert f"{name} must be a number" in message and given in message, message
+        files, message = client.predict(api_name="/export")  # the earlier click survived the errors
         assert "Exported 1 instance" in message
+
+
+def test_new_image_and_reset_clear_the_downloads(model_dir, tmp_path) -> None:
+    with running_app(model_dir) as url:
+        client = gradio_client.Client(url, verbose=False)
+        for action in ("/upload", "/reset"):
+            client.predict(gradio_client.handle_file(write_image(tmp_path, 1)), *LOOK, api_name="/upload")
+            client.predict(10, 10, False, *LOOK, api_name="/click")
+            assert client.predict(api_name="/export")[0]
+            if action == "/upload":
+                outputs = client.predict(gradio_client.handle_file(write_image(tmp_path, 2)), *LOOK, api_name=action)
+            else:
+                outputs = client.predict(*LOOK, api_name=action)
+            assert len(outputs) == 4 and outputs[3] is None, f"{action} left the downloads: {outputs}"
+
+
+def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path, monkeypatch) -> None:
+    app = DynamiteApp(tiny_model(), "tiny")
+    state, _ = app.load(SessionState(), write_image(tmp_path, 0), "s")
+    state, _ = app.click(state, 10, 10, False, "s")
+    state, _ = app.add_instance(state)
+    state, _ = app.click(state, 40, 60, False, "s")
+    only_first = np.zeros(state.image.shape[:2], dtype=np.int32)
+    only_first[:20, :20] = 1  # instance 2's mask came out empty
+    monkeypatch.setattr(app.cache, "label_map", lambda session, state: only_first)
+    files, message = app.export(state, "s")
+    assert "Exported 2 instance(s)" in message and "Instance 2 is empty" in message, message
+    coco = json.loads(Path(next(f for f in files if f.endswith("coco.json"))).read_text())
+    assert [a["instance"] for a in coco["annotations"]] == [0, 1] and coco["annotations"][1]["area"] == 0
+    with zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))) as archive:
+        assert archive.namelist() == ["instance_000.png", "instance_001.png"]
+    assert "Instance 2 is empty" in app.click(state, 45, 62, False, "s")[1]
+
+
+def test_images_too_small_to_click_are_refused(tmp_path) -> None:
+    app = DynamiteApp(tiny_model(), "tiny")
+    for size in ((1, 1), (MIN_SIDE - 1, 200)):
+        path = tmp_path / f"small_{size[0]}.png"
+        Image.new("RGB", size, (10, 20, 30)).save(path)
+        state, message = app.load(SessionState(), str(path), "session")
+        assert state.image is None and f"at least {MIN_SIDE} px" in message and f"{size[0]}x{size[1]}" in message
 
 
 def test_huge_upload_is_downscaled_with_a_notice(tmp_path) -> None:
