@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         model_dir = output / "model"
         started = time.perf_counter()
-        environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        environment = dict(os.environ)
+        if args.processes > 1:  # share the cores between the processes unless told otherwise
+            environment.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.processes)))
         subprocess.run(train_command(args, train_data, model_dir), check=True, env=environment)
         report["trained"] = {
             "train_images": args.train_images,

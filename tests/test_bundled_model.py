@@ -54,6 +54,39 @@ def test_the_bundled_model_segments_grabcut_objects_from_one_click() -> None:
     assert np.mean(ious) > 0.6, ious
 
 
+@pytest.fixture(scope="module")
+def bundled_segmenter():
+    from dynamite_hf.evaluation.protocols import ModelSegmenter
+
+    return ModelSegmenter(DynamitePredictor(DynamiteModel.from_pretrained(BUNDLED)))
+
+
+@pytest.mark.skipif(not (DATA / "DAVIS").is_dir(), reason="../shared/data/DAVIS is not present")
+def test_one_click_per_object_gives_each_object_its_own_instance(bundled_segmenter) -> None:
+    """Ten DAVIS frames with 2-4 objects, one click at each object's centre as a new instance: a saliency
+    detector gives one mask to the last instance (the others come out empty and lose their click)."""
+    from dynamite_hf.evaluation.obedience import evaluate_instance_separation, separation_metrics
+
+    samples = [s for s in read_dataset("davis", DATA / "DAVIS", mode="multi") if s.num_objects >= 2][:10]
+    metrics = separation_metrics(evaluate_instance_separation(bundled_segmenter, samples, progress=False))
+    assert metrics["objects"] >= 20
+    assert metrics["empty_instances"] == 0.0, metrics
+    assert metrics["instances_containing_click"] >= 0.9, metrics
+
+
+@pytest.mark.skipif(not (DATA / "GrabCut").is_dir(), reason="../shared/data/GrabCut is not present")
+def test_corrective_clicks_are_obeyed_and_improve_the_mask(bundled_segmenter) -> None:
+    """GrabCut, the protocol's clicks 2-5 on every object: each positive click's pixel must end up inside the
+    mask and each negative click's outside it; a model that ignores corrective clicks keeps its first mask."""
+    from dynamite_hf.evaluation.obedience import evaluate_obedience, obedience_metrics
+
+    samples = read_dataset("grabcut", DATA / "GrabCut")
+    metrics = obedience_metrics(evaluate_obedience(bundled_segmenter, samples, num_clicks=5, progress=False))
+    assert metrics["positive_obeyed"] >= 0.8, metrics
+    assert metrics["negative_obeyed"] >= 0.8, metrics
+    assert metrics["mIoU_per_click"][4] >= metrics["mIoU_per_click"][0] + 0.1, metrics["mIoU_per_click"]
+
+
 def training_command() -> list[str]:
     """The `train_accelerate.py` arguments of the model card's recipe."""
     card = (BUNDLED / "README.md").read_text()
