@@ -16,10 +16,11 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
@@ -32,7 +33,18 @@ from .predictor import DynamitePredictor
 
 MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a notice)
 MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to click in the browser
+# The overlay is drawn and sent with its longest side in this range: a 2-MP overlay took ~110 ms to draw and
+# encode per click, and its transfer more, for a picture the browser shows at about 1000 px anyway. Small
+# images are enlarged (nearest neighbour) so they can be clicked. Exports stay at the image's own size.
+DISPLAY_SIDES = (512, 1024)
 DEFAULT_MAX_SESSIONS = 8
+
+
+def display_size(height: int, width: int) -> tuple[int, int]:
+    """`(height, width)` of the overlay for an image of `height x width`: longest side within `DISPLAY_SIDES`."""
+    longest = max(height, width)
+    scale = min(max(longest, DISPLAY_SIDES[0]), DISPLAY_SIDES[1]) / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 @dataclass
@@ -43,6 +55,7 @@ class SessionState:
     image_key: str = ""
     history: list[list[Click]] = field(default_factory=lambda: [[]])
     selected: int = 0  # the instance positive clicks go to; == num_instances means "a new one"
+    display: np.ndarray | None = None  # the image at the overlay's size (see `display_size`)
 
     @property
     def clicks(self) -> list[Click]:
@@ -52,39 +65,62 @@ class SessionState:
     def num_instances(self) -> int:
         return 1 + max((c.instance for c in self.clicks if c.instance is not None), default=-1)
 
+    def image_point(self, display_row: int, display_col: int) -> tuple[float, float]:
+        """The centre of overlay pixel `(display_row, display_col)` as `(row, col)` in the image's frame."""
+        height, width = self.image.shape[:2]
+        display_height, display_width = self.display.shape[:2]
+        return (display_row + 0.5) * height / display_height, (display_col + 0.5) * width / display_width
+
+    def display_clicks(self) -> list[Click]:
+        """The clicks with their coordinates in the overlay's frame (for drawing)."""
+        scale_row = self.display.shape[0] / self.image.shape[0]
+        scale_col = self.display.shape[1] / self.image.shape[1]
+        return [replace(c, row=c.row * scale_row, col=c.col * scale_col) for c in self.clicks]
+
+
+@dataclass
+class _CachedSession:
+    image_key: str
+    predictor: DynamitePredictor
+    # The last label map per output size (overlay, export) with the clicks it is for: redrawing after an alpha
+    # or radius change, or exporting twice, costs no prediction. Two sizes at most, so memory stays bounded.
+    results: dict[tuple[int, int] | None, tuple[tuple[Click, ...], np.ndarray]] = field(default_factory=dict)
+
 
 class PredictorCache:
     """At most `max_sessions` predictors (cached image features), least recently used evicted first."""
 
     def __init__(self, model: DynamiteModel, processor: DynamiteImageProcessor, max_sessions: int) -> None:
         self.model, self.processor, self.max_sessions = model, processor, max_sessions
-        self._predictors: OrderedDict[str, tuple[str, DynamitePredictor]] = OrderedDict()
+        self._sessions: OrderedDict[str, _CachedSession] = OrderedDict()
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward pass at a time: 2 cores, and torch threads are shared
 
     def __len__(self) -> int:
-        return len(self._predictors)
+        return len(self._sessions)
 
-    def label_map(self, session: str, state: SessionState) -> np.ndarray:
-        """The label map of `state`'s clicks, reusing or rebuilding the session's cached features."""
+    def label_map(self, session: str, state: SessionState, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The label map of `state`'s clicks at `size` (default: the image's), reusing or rebuilding the
+        session's cached features. The predictor's own history is not used: the state holds the clicks."""
         with self._lock:
-            entry = self._predictors.pop(session, None)
-            if entry is not None and entry[0] != state.image_key:
+            entry = self._sessions.pop(session, None)
+            if entry is not None and entry.image_key != state.image_key:
                 entry = None
-        with self._model_lock:
-            if entry is None:
-                predictor = DynamitePredictor(self.model, self.processor)
-                predictor.set_image(state.image)
-                entry = (state.image_key, predictor)
-            predictor = entry[1]
-            if predictor.clicks != state.clicks:
-                predictor.set_clicks(state.clicks)
-            label_map = predictor.label_map
+        clicks = tuple(state.clicks)
+        result = entry.results.get(size) if entry is not None else None
+        if result is None or result[0] != clicks:
+            with self._model_lock:
+                if entry is None:
+                    predictor = DynamitePredictor(self.model, self.processor)
+                    predictor.set_image(state.image)
+                    entry = _CachedSession(state.image_key, predictor)
+                result = (clicks, entry.predictor.label_map_of(list(clicks), size))
+            entry.results[size] = result
         with self._lock:
-            self._predictors[session] = entry
-            while len(self._predictors) > self.max_sessions:
-                self._predictors.popitem(last=False)
-        return label_map
+            self._sessions[session] = entry
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        return result[1]
 
 
 def example_images(folder: Path) -> list[str]:
@@ -139,15 +175,19 @@ class DynamiteApp:
             size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
             notice = f" Downscaled from {image.shape[1]}x{image.shape[0]} to {size[0]}x{size[1]} (limit {MAX_SIDE} px)."
             image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        state = SessionState(image=image, image_key=uuid.uuid4().hex)
+        height, width = display_size(*image.shape[:2])
+        enlarge = height > image.shape[0]
+        display = cv2.resize(image, (width, height), interpolation=cv2.INTER_NEAREST if enlarge else cv2.INTER_AREA)
+        state = SessionState(image=image, image_key=uuid.uuid4().hex, display=display)
         start = time.perf_counter()
-        self.cache.label_map(session, state)
+        self.cache.label_map(session, state, display.shape[:2])
         seconds = time.perf_counter() - start
         return state, f"Image {image.shape[1]}x{image.shape[0]} ready ({seconds:.2f} s for the image features).{notice}"
 
     def click(
         self, state: SessionState, row: float, col: float, background: bool, session: str
     ) -> tuple[SessionState, str]:
+        """A click at `(row, col)` in pixels of the image (not of the overlay: see `SessionState.image_point`)."""
         if state.image is None:
             return state, "⚠️ Upload an image (or pick an example) before clicking."
         for name, value in (("row", row), ("col", col)):
@@ -164,7 +204,7 @@ class DynamiteApp:
         state.history = [*previous, [*state.clicks, click]]
         try:
             start = time.perf_counter()
-            label_map = self.cache.label_map(session, state)
+            label_map = self.cache.label_map(session, state, state.display.shape[:2])
             milliseconds = 1000 * (time.perf_counter() - start)
         except Exception as error:  # keep the session's clicks whatever failed
             state.history = previous
@@ -203,26 +243,28 @@ class DynamiteApp:
         return state, "All clicks cleared."
 
     # -- views -------------------------------------------------------------------------------------------
-    def label_map(self, state: SessionState, session: str) -> np.ndarray | None:
-        if state.image is None:
-            return None
-        return self.cache.label_map(session, state)
-
     def render(
         self, state: SessionState, session: str, alpha: float, radius: float, masks_only: bool
     ) -> np.ndarray | None:
-        label_map = self.label_map(state, session)
-        if label_map is None:
+        """The overlay at display size (`state.display`), the masks predicted straight at that size."""
+        if state.image is None:
             return None
+        label_map = self.cache.label_map(session, state, state.display.shape[:2])
         selected = state.selected if state.selected < state.num_instances else None
         return export.render_overlay(
-            state.image, label_map, state.clicks, alpha, int(radius), masks_only=masks_only, selected=selected
+            state.display,
+            label_map,
+            state.display_clicks(),
+            alpha,
+            int(radius),
+            masks_only=masks_only,
+            selected=selected,
         )
 
     def export(self, state: SessionState, session: str) -> tuple[list[str], str]:
         if state.image is None or state.num_instances == 0:
             return [], "⚠️ Nothing to export yet: click on an object first."
-        label_map = self.label_map(state, session)
+        label_map = self.cache.label_map(session, state)  # at the image's own size
         folder = self.export_root / uuid.uuid4().hex
         folder.mkdir(parents=True)
         export.save_label_map(label_map, folder / "label_map.png")
@@ -340,7 +382,9 @@ def build_demo(app: DynamiteApp):
             return view(state, message, alpha, radius, masks_only, request, before)
 
         def on_select(state, background, alpha, radius, masks_only, event: gr.SelectData, request: gr.Request):
-            col, row = event.index
+            col, row = event.index  # pixels of the overlay, which may be smaller or larger than the image
+            if state.image is not None:
+                row, col = state.image_point(row, col)
             before = snapshot(state)
             state, message = app.click(state, row, col, background, session_of(request))
             return view(state, message, alpha, radius, masks_only, request, before)

@@ -28,7 +28,7 @@ Sources (`read_source`):
 | `coco` | a COCO / LVIS `instances_*.json` and its image folder | non-crowd annotations |
 | `binary-components` | as `binary` | each connected component of at least 1 % of the image |
 | `benchmark:<name>` | any `dynamite_hf.evaluation` reader | the reader's objects |
-| `synthetic:COUNT[:SEED]` | generated: textured shapes (`dynamite_hf.training.synthetic`) | each shape |
+| `synthetic:COUNT[:SEED[:KIND]]` | generated (`dynamite_hf.training.synthetic`): `shapes`, or `parts` (objects of several touching parts) | each object |
 | `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` | generated from two saved datasets: pasted cut-outs | each pasted object |
 """
 
@@ -388,7 +388,7 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
 
     - `yolo:ROOT[:SPLIT]`, `folder:IMAGES:MASKS`, `binary:IMAGES:MASKS`, `binary-components:IMAGES:MASKS`,
       `clothing:ROOT`, `coco:ANNOTATIONS.json:IMAGES`, `benchmark:NAME:ROOT`;
-    - generated (`dynamite_hf.training.synthetic`): `synthetic:COUNT[:SEED]` textured shapes,
+    - generated (`dynamite_hf.training.synthetic`): `synthetic:COUNT[:SEED[:KIND]]` textured shapes or parts,
       `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema.
     """
     kind, _, rest = spec.partition(":")
@@ -401,7 +401,7 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         "clothing": (1, 1),
         "coco": (2, 2),
         "benchmark": (2, 2),
-        "synthetic": (1, 2),
+        "synthetic": (1, 3),
         "composite": (3, 4),
     }
     if kind not in expected:
@@ -412,7 +412,8 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
     if kind == "synthetic":
         from .training.synthetic import textured_shapes
 
-        return textured_shapes(_count(spec, parts[0]), seed=int(parts[1]) if len(parts) > 1 else 0)
+        seed = int(parts[1]) if len(parts) > 1 else 0
+        return textured_shapes(_count(spec, parts[0]), seed=seed, kind=parts[2] if len(parts) > 2 else "shapes")
     paths = [Path(p) for p in parts]
     checked = {"yolo": 1, "benchmark": 0, "composite": 2}.get(kind, len(paths))
     for path in paths[:checked]:

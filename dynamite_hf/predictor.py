@@ -108,19 +108,18 @@ class DynamitePredictor:
 
         Timestamps are renumbered 0..n-1 in the given order; instances must be numbered 0..N-1. Undoable.
         """
-        self._require_image()
-        height, width = self._image.shape[:2]
-        renumbered = [replace(c, timestamp=t, frame="original") for t, c in enumerate(clicks)]
-        instances = sorted({c.instance for c in renumbered if c.instance is not None})
-        if instances != list(range(len(instances))):
-            raise ValueError(f"clicks must number their instances 0..N-1, got instances {instances}")
-        for click in renumbered:
-            if not (0 <= click.row < height and 0 <= click.col < width):
-                raise ValueError(
-                    f"click at (row={click.row}, col={click.col}) lies outside the image of {height}x{width} pixels"
-                )
+        renumbered = self._checked_clicks(clicks)
         self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
         return self.masks
+
+    def label_map_of(self, clicks: list[Click], output_size: tuple[int, int] | None = None) -> np.ndarray:
+        """The label map `clicks` give (as `set_clicks` would), at `output_size` `(height, width)` (default: the
+        image's size), leaving the session's clicks and undo history as they are.
+
+        For a view at another resolution: the app draws masks at display size (the logits are resized straight
+        to it) and asks for the image's size, the masks it exports, only on export. Returns `(H, W)` int32.
+        """
+        return self._predict(self._checked_clicks(clicks), output_size)
 
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""
@@ -168,6 +167,21 @@ class DynamitePredictor:
         if self._features is None:
             raise RuntimeError("No image: call set_image(image) before clicking")
 
+    def _checked_clicks(self, clicks: list[Click]) -> list[Click]:
+        """`clicks` with timestamps renumbered 0..n-1, checked: instances 0..N-1, every click inside the image."""
+        self._require_image()
+        height, width = self._image.shape[:2]
+        renumbered = [replace(c, timestamp=t, frame="original") for t, c in enumerate(clicks)]
+        instances = sorted({c.instance for c in renumbered if c.instance is not None})
+        if instances != list(range(len(instances))):
+            raise ValueError(f"clicks must number their instances 0..N-1, got instances {instances}")
+        for click in renumbered:
+            if not (0 <= click.row < height and 0 <= click.col < width):
+                raise ValueError(
+                    f"click at (row={click.row}, col={click.col}) lies outside the image of {height}x{width} pixels"
+                )
+        return renumbered
+
     def _push(self, click: Click) -> np.ndarray:
         self._require_image()
         height, width = self._image.shape[:2]
@@ -179,16 +193,17 @@ class DynamitePredictor:
         self._history.append(_State(tuple(clicks), self._predict(clicks)))
         return self.masks
 
-    def _predict(self, clicks: list[Click]) -> np.ndarray:
+    def _predict(self, clicks: list[Click], output_size: tuple[int, int] | None = None) -> np.ndarray:
         original_size = self._image.shape[:2]
+        output_size = original_size if output_size is None else tuple(output_size)
         if not any(c.instance is not None for c in clicks):
-            return np.zeros(original_size, dtype=np.int32)
+            return np.zeros(output_size, dtype=np.int32)
         model_clicks = self.processor.clicks_to_model_frame(clicks, original_size, self._image_size)
         with torch.inference_mode():
             output = self.model(
                 image_features=self._features,
                 clicks=[model_clicks],
                 image_sizes=[self._image_size],
-                output_sizes=[original_size],
+                output_sizes=[output_size],
             )
         return output.label_maps[0].cpu().numpy().astype(np.int32)

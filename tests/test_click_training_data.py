@@ -18,6 +18,7 @@ from dynamite_hf.training.synthetic import (
     composite_image,
     copy_paste_composites,
     save_instance_folder,
+    textured_parts_image,
     textured_shapes,
     textured_shapes_image,
 )
@@ -190,3 +191,43 @@ def test_padded_click_points_weigh_nothing() -> None:
         **options,
     )
     assert torch.allclose(bce, bce_a + math.log(2), atol=1e-5)
+
+
+def test_parts_objects_are_apart_and_made_of_touching_parts() -> None:
+    from scipy.ndimage import label
+
+    many_parts = 0
+    for seed in range(8):
+        image, masks = textured_parts_image(np.random.default_rng(seed), size=160)
+        assert 2 <= len(masks) <= 4 and image.shape == (160, 160, 3)
+        assert np.sum(masks, axis=0).max() == 1, "objects must not overlap"
+        for mask in masks:
+            assert label(mask)[1] == 1, "an object's parts touch: one connected region"
+            many_parts += len(np.unique(image[mask].reshape(-1, 3)[:, :1] // 64)) > 1
+    assert many_parts > 0
+    assert len(build_dataset(read_source("synthetic:2:1:parts"))) == 2
+    with pytest.raises(ValueError, match="kind must be one of"):
+        next(textured_shapes(1, kind="stars"))
+
+
+def test_the_click_weight_scales_the_click_term() -> None:
+    size = 64
+    target = torch.zeros(2, size, size)
+    target[0, 16:48, 16:48] = 1
+    target[1] = 1 - target[0]
+    logits = (target * 2 - 1) * 8
+    logits[0, 28:36, 28:36], logits[1, 28:36, 28:36] = -8, 8
+    points = [click_disk_points([Click(0, 32.0, 32.0, 0, frame="model")], (size, size), 2)]
+    losses = [
+        mask_losses(
+            [stride4(logits)],
+            [target],
+            2.0,
+            num_points=256,
+            generator=torch.Generator().manual_seed(0),
+            extra_points=points,
+            extra_weight=weight,
+        )[0]
+        for weight in (1.0, 20.0)
+    ]
+    assert losses[1] > losses[0] * 2

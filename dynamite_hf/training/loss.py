@@ -76,6 +76,7 @@ def mask_losses(
     importance_ratio: float = 0.75,
     generator: torch.Generator | None = None,
     extra_points: Sequence[Tensor] | None = None,
+    extra_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Sigmoid BCE and Dice over sampled points, summed over masks and divided by `num_masks`.
 
@@ -85,6 +86,7 @@ def mask_losses(
         num_masks: the normaliser (sum of N_i + 1 over the global batch, divided by the process count).
         extra_points: per image `(P_i, 2)` normalised xy points added to every mask of that image on top of the
             sampled ones (the clicks: `click_disk_points`); None for the paper's sampling alone.
+        extra_weight: the weight of each extra point against one sampled point.
     """
     logits = torch.cat(list(predictions))[:, None]
     labels = torch.cat(list(targets))[:, None].to(logits.dtype)
@@ -100,7 +102,7 @@ def mask_losses(
             for points, prediction in zip(extra_points, predictions, strict=True):
                 count = prediction.shape[0]
                 extra[first : first + count, : len(points)] = points.to(logits.device)
-                extra_weights[first : first + count, : len(points)] = 1.0
+                extra_weights[first : first + count, : len(points)] = extra_weight
                 first += count
             coords = torch.cat((coords, extra), 1)
             weights = torch.cat((weights, extra_weights), 1)
@@ -125,6 +127,7 @@ def deep_supervision_loss(
     dice_weight: float = 5.0,
     generator: torch.Generator | None = None,
     extra_points: Sequence[Tensor] | None = None,
+    extra_weight: float = 1.0,
     **point_options,
 ) -> tuple[Tensor, dict[str, float]]:
     """Weighted BCE + Dice on the final prediction and each auxiliary one given; returns the total and the
@@ -135,7 +138,13 @@ def deep_supervision_loss(
     for name, query_logits in [("final", pred_masks)] + [(f"aux_{i}", a) for i, a in enumerate(aux_pred_masks)]:
         predictions = [group_logits(query_logits[i], counts) for i, counts in enumerate(num_clicks_per_instance)]
         bce, dice = mask_losses(
-            predictions, targets, num_masks, generator=generator, extra_points=extra_points, **point_options
+            predictions,
+            targets,
+            num_masks,
+            generator=generator,
+            extra_points=extra_points,
+            extra_weight=extra_weight,
+            **point_options,
         )
         total = total + bce_weight * bce + dice_weight * dice
         if name == "final":

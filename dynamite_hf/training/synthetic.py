@@ -113,12 +113,62 @@ def textured_shapes_image(
     return image, masks
 
 
-def textured_shapes(count: int, seed: int = 0, size: int = 256, prefix: str = "shapes") -> Iterator[InstanceExample]:
-    """`count` textured-shape images (see `textured_shapes_image`), image `i` drawn from `default_rng([seed, i])`."""
+def textured_parts_image(
+    rng: np.random.Generator, size: int = 256, min_objects: int = 2, max_objects: int = 4, max_parts: int = 3
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """One image of 2-4 objects, each made of 1-3 touching parts; every part takes one of 2-3 textures shared by
+    all objects, the background another. A click on one part cannot tell which neighbouring parts belong to the
+    same object (they look like the parts of the other objects), so the first mask is often part of the object
+    and a corrective click must add or remove the rest: the targets that teach corrective clicks."""
+    background = random_texture(size, size, rng)
+    textures = [random_texture(size, size, rng) for _ in range(int(rng.integers(2, 4)))]
+    count = int(rng.integers(min_objects, max_objects + 1))
+    taken = np.zeros((size, size), dtype=bool)
+    image = background.copy()
+    masks: list[np.ndarray] = []
+    for _ in range(count * 20):
+        if len(masks) == count:
+            break
+        first = random_shape(size, size, rng, size * 0.12, size * 0.3)
+        if first.sum() < 0.003 * size * size or (first & taken).any():
+            continue
+        parts = [first]
+        for _ in range(int(rng.integers(0, max_parts))):
+            # A part centred on the object's border, so that it touches (and may overlap) what is there.
+            rows, cols = np.nonzero(cv2.dilate(parts[-1].astype(np.uint8), np.ones((3, 3), np.uint8)) > parts[-1])
+            pick = int(rng.integers(len(rows)))
+            part = np.zeros((size, size), dtype=np.uint8)
+            radius = int(rng.uniform(size * 0.05, size * 0.12))
+            axes = (radius, int(radius * rng.uniform(0.5, 1.0)))
+            cv2.ellipse(part, (int(cols[pick]), int(rows[pick])), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+            part = part.astype(bool)
+            union = np.logical_or.reduce(parts)
+            if (part & ~union & taken).any():
+                continue
+            parts.append(part & ~union)
+        whole = np.logical_or.reduce(parts)
+        for part in parts:
+            texture = textures[int(rng.integers(len(textures)))]
+            image[part] = texture[part]
+        masks.append(whole)
+        taken |= cv2.dilate(whole.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    return image, masks
+
+
+SYNTHETIC_KINDS = {"shapes": textured_shapes_image, "parts": textured_parts_image}
+
+
+def textured_shapes(
+    count: int, seed: int = 0, size: int = 256, prefix: str = "shapes", kind: str = "shapes"
+) -> Iterator[InstanceExample]:
+    """`count` generated images of `kind` (`shapes`: `textured_shapes_image`; `parts`: `textured_parts_image`),
+    image `i` drawn from `default_rng([seed, i])`."""
+    if kind not in SYNTHETIC_KINDS:
+        raise ValueError(f"kind must be one of {sorted(SYNTHETIC_KINDS)}, got {kind!r}")
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        image, masks = textured_shapes_image(rng, size)
-        yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.png", masks, image_bytes=_png(image))
+        image, masks = SYNTHETIC_KINDS[kind](rng, size)
+        yield InstanceExample(f"{prefix}/{kind}_{seed}_{index:06d}", f"{index:06d}.png", masks, image_bytes=_png(image))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ class DynamiteTrainingArguments:
     eval_dataset: str = field(default="grabcut")
     eval_data_root: str | None = field(default=None)
     eval_limit: int = field(default=10, metadata={"help": "objects evaluated each time"})
+    click_loss_weight: float = field(
+        default=1.0, metadata={"help": "weight of each click point against one sampled point (--click-loss-radius)"}
+    )
     collective_timeout: float = field(
         default=1800,
         metadata={
@@ -360,10 +363,11 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                     targets.append(torch.from_numpy(stacked).to(accelerator.device))
                 num_masks = torch.tensor(float(sum(len(t) for t in targets)), device=accelerator.device)
                 num_masks = max(float(accelerator.reduce(num_masks, reduction="sum")) / world, 1.0)
-                extra_points = None
+                extra_points, extra_weight = None, 1.0
                 if arguments.click_loss_radius >= 0:
                     size = tuple(batch.pixel_values.shape[-2:])
                     extra_points = [click_disk_points(c, size, arguments.click_loss_radius) for c in outputs.clicks]
+                    extra_weight = arguments.click_loss_weight
                 loss, logs = deep_supervision_loss(
                     outputs.pred_masks.float(),
                     [a.float() for a in outputs.aux_pred_masks],
@@ -373,6 +377,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                     generator=generator,
                     num_points=arguments.num_points,
                     extra_points=extra_points,
+                    extra_weight=extra_weight,
                 )
                 if not math.isfinite(logs["loss"]):
                     raise FloatingPointError(
