@@ -22,6 +22,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_app(model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0):
+    """The app's URL while it runs."""
+    with app_process(model_dir, max_sessions, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def app_process(model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0):
+    """`(url, subprocess.Popen)` of the app while it runs (the process for benchmarks that read its memory)."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
     command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1"]
@@ -41,7 +49,7 @@ def running_app(model_dir: Path | None, max_sessions: int = 8, timeout: float = 
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"app did not answer at {url} within {timeout} s") from None
                 time.sleep(0.5)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

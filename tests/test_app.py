@@ -134,7 +134,7 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
     state, _ = app.click(state, 40, 60, False, "s")
     only_first = np.zeros(state.image.shape[:2], dtype=np.int32)
     only_first[:20, :20] = 1  # instance 2's mask came out empty
-    monkeypatch.setattr(app.cache, "label_map", lambda session, state: only_first)
+    monkeypatch.setattr(app.cache, "label_map", lambda session, state, size=None: only_first)
     files, message = app.export(state, "s")
     assert "Exported 2 instance(s)" in message and "Instance 2 is empty" in message, message
     coco = json.loads(Path(next(f for f in files if f.endswith("coco.json"))).read_text())
@@ -142,6 +142,25 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
     with zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))) as archive:
         assert archive.namelist() == ["instance_000.png", "instance_001.png"]
     assert "Instance 2 is empty" in app.click(state, 45, 62, False, "s")[1]
+
+
+def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path) -> None:
+    """The overlay's longest side is 512-1024 px whatever the image; clicks map back; exports keep full size."""
+    model = tiny_model(num_static_bg_queries=0)
+    app = DynamiteApp(model, "tiny")
+    large = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (600, 1400, 3), dtype=np.uint8)).save(large)
+    state, _ = app.load(SessionState(), str(large), "s")
+    assert state.display.shape == (439, 1024, 3)
+    row, col = state.image_point(219, 512)  # the centre of overlay pixel (219, 512), in the image's pixels
+    assert abs(row - 219.5 * 600 / 439) < 1e-9 and abs(col - 512.5 * 1400 / 1024) < 1e-9
+    state, _ = app.click(state, row, col, False, "s")
+    assert app.render(state, "s", *LOOK).shape == (439, 1024, 3)
+    files, _ = app.export(state, "s")
+    exported = np.asarray(Image.open(next(f for f in files if f.endswith("label_map.png"))))
+    assert np.array_equal(exported, expected_label_map_from(model, state))  # the masks of the image itself
+    state, _ = app.load(state, write_image(tmp_path, 0), "s")  # 60x80: enlarged so it can be clicked
+    assert state.display.shape == (384, 512, 3) and app.render(state, "s", *LOOK).shape == (384, 512, 3)
 
 
 def test_images_too_small_to_click_are_refused(tmp_path) -> None:

@@ -11,7 +11,7 @@ import torch
 from reference import CONFIGS, inputs, near_ties, original_state_dict, outputs, reference_clicks, requires_reference
 from test_modeling import tiny_model
 
-from dynamite_hf import DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf import Click, DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
 from dynamite_hf.conversion import load_original_state_dict
 
 
@@ -49,6 +49,19 @@ def test_masks_are_at_original_resolution_and_do_not_overlap(predictor, image) -
     assert masks.shape == (2, 90, 120) and masks.dtype == bool
     assert masks.sum(0).max() <= 1
     assert (predictor.label_map == masks[0] * 1 + masks[1] * 2).all()
+
+
+def test_label_map_of_predicts_at_any_size_and_leaves_the_session(predictor, image) -> None:
+    """The app's path: masks at display size per click, at the image's size on export, none in the history."""
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    clicks = [Click(0, 10.0, 10.0, 0), Click(1, 50.0, 60.0, 1), Click(None, 80.0, 100.0, 2)]
+    full = predictor.label_map_of(clicks)
+    small = predictor.label_map_of(clicks, (45, 60))
+    assert predictor.clicks == [Click(0, 10.0, 10.0, 0)]  # the session did not move
+    assert small.shape == (45, 60) and small.dtype == full.dtype == np.int32
+    predictor.set_clicks(clicks)
+    assert np.array_equal(full, predictor.label_map)  # the same masks as set_clicks
 
 
 def test_undo_returns_exactly_the_earlier_masks(predictor, image) -> None:
