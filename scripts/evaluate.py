@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-id", type=int, default=0, help="random strategies use seed 123456 + seed-id")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument(
+        "--min-objects", type=int, default=0, help="multi mode: only images with at least this many objects"
+    )
+    parser.add_argument(
         "--short-edge", type=pixel_count, help="inference resize: shortest edge (default: the config's)"
     )
     parser.add_argument(
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         max_size=args.max_size or model.config.test_max_size,
     )
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
-    samples = read_dataset(args.dataset, args.data_root, args.mode)[: args.limit]
+    samples = [s for s in read_dataset(args.dataset, args.data_root, args.mode) if s.num_objects >= args.min_objects]
+    samples = samples[: args.limit]
 
     if args.report == "obedience" and args.mode == "single":
         result = evaluate_obedience(segmenter, samples, args.max_clicks)
