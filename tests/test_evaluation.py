@@ -336,3 +336,114 @@ def test_an_object_covered_by_smaller_ones_stays_as_an_empty_object() -> None:
     assert instance_map.max() == 2 and not (instance_map == 1).any()
     result = evaluate_multi_instance(Oracle(1), [sample], "worst", progress=False)
     assert len(result.final_ious[0]) == 2  # the empty object is kept (its IoU is undefined: NaN, a failure)
+
+
+# -- the original's numbering and summaries (spec section 3) ----------------------------------------------
+
+
+def _two_objects_small_first() -> tuple[np.ndarray, np.ndarray]:
+    """Annotation order small, big (so area order is the reverse)."""
+    small = np.zeros((40, 60), dtype=bool)
+    small[5:15, 5:15] = True
+    big = np.zeros((40, 60), dtype=bool)
+    big[10:35, 25:55] = True
+    return small, big
+
+
+def test_objects_are_numbered_by_area_not_by_annotation_order() -> None:
+    from dynamite_hf.evaluation.datasets import paint_instances
+
+    small, big = _two_objects_small_first()
+    instance_map = paint_instances([small, big])
+    assert np.array_equal(instance_map == 1, big) and np.array_equal(instance_map == 2, small)
+    assert np.array_equal(paint_instances([big, small]), instance_map)
+
+
+def test_folder_reader_numbers_objects_by_area(tmp_path) -> None:
+    from PIL import Image
+
+    from dynamite_hf.evaluation import read_dataset
+
+    small, big = _two_objects_small_first()
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((40, 60, 3), dtype=np.uint8)).save(tmp_path / "images" / "a.png")
+    ids = np.zeros((40, 60), dtype=np.uint8)
+    ids[small], ids[big] = 1, 2
+    Image.fromarray(ids).save(tmp_path / "masks" / "a.png")
+    (sample,) = read_dataset("folder", tmp_path, mode="multi")
+    assert np.array_equal(sample.instance_map == 1, big)
+
+
+class Recorder:
+    """Empty predictions; remembers the clicks of the last call."""
+
+    def start(self, sample):
+        self.count = sample.num_objects
+
+    def predict(self, clicks):
+        self.clicks = list(clicks)
+        return np.zeros((self.count, 40, 60), dtype=bool)
+
+
+@pytest.mark.parametrize("strategy", ["random", "worst", "round_robin"])
+def test_a_multi_instance_run_does_not_depend_on_the_annotation_order(strategy) -> None:
+    from dynamite_hf.evaluation.datasets import paint_instances
+
+    small, big = _two_objects_small_first()
+    runs = []
+    for masks in ([small, big], [big, small]):
+        recorder = Recorder()
+        sample = EvaluationSample("a", None, paint_instances(masks))
+        evaluate_multi_instance(recorder, [sample], strategy, progress=False)
+        runs.append([(c.instance, c.row, c.col, c.timestamp) for c in recorder.clicks])
+    assert runs[0] == runs[1]
+    first = runs[0][0]
+    assert big[int(first[1]), int(first[2])] and first[0] == 0 and first[3] == 0, "object 0 is the largest"
+
+
+def test_training_instances_are_numbered_by_area() -> None:
+    from dynamite_hf.training import select_instances
+
+    small, big = _two_objects_small_first()
+    instance_map = select_instances(
+        np.stack([small, big]), np.array([100, 750]), np.random.default_rng(0), keep_fraction=1.0
+    )
+    assert np.array_equal(instance_map == 1, big) and np.array_equal(instance_map == 2, small)
+
+
+def test_noc_is_printed_with_the_original_rounding() -> None:
+    from dynamite_hf.evaluation.protocols import SingleInstanceResult, Timings
+    from dynamite_hf.evaluation.report import single_instance_table
+
+    # 40 samples whose NoC sum to 233: mean 5.825, which the original prints as 5.82 (and "{:.2f}" as 5.83).
+    counts = [6] * 33 + [5] * 7
+    ious = [[0.5] * (count - 1) + [0.95] for count in counts]
+    metrics = single_instance_metrics(SingleInstanceResult([str(i) for i in range(40)], ious, 20, Timings()))
+    assert metrics["NoC@90"] == 5.825 and metrics["NoC@90_printed"] == 5.82
+    assert "| 5.82 | 5.82 |" in single_instance_table("x", metrics)
+    assert metrics["IoU@NoC@90"] == pytest.approx(0.95)
+
+
+def test_iou_at_noc_takes_the_click_that_reached_the_threshold_or_the_last() -> None:
+    from dynamite_hf.evaluation.protocols import SingleInstanceResult, Timings
+
+    ious = [[0.5, 0.86, 0.91], [0.2, 0.3]]
+    metrics = single_instance_metrics(SingleInstanceResult(["a", "b"], ious, 3, Timings()))
+    assert metrics["IoU@NoC@85"] == pytest.approx((0.86 + 0.3) / 2)
+    assert metrics["IoU@NoC@90"] == pytest.approx((0.91 + 0.3) / 2)
+
+
+def test_multi_instance_mean_iou_is_summed_in_float32_image_by_image_and_nci_suc() -> None:
+    from dynamite_hf.evaluation.protocols import MultiInstanceResult, Timings
+
+    rng = np.random.default_rng(5)
+    final = [rng.random(int(rng.integers(1, 4))).astype(np.float32).tolist() for _ in range(300)]
+    result = MultiInstanceResult([str(i) for i in range(300)], final, [3] * 300, 0.85, Timings())
+    metrics = multi_instance_metrics(result)
+    total = np.float32(0)
+    for ious in final:
+        total = np.float32(total + np.mean(np.array(ious, dtype=np.float32)))
+    assert metrics["mIoU"] == float(total / np.float32(300))
+    succeeded = [sum(np.float32(v) >= np.float32(0.85) for v in ious) for ious in final]
+    assert metrics["NCI_suc"] == pytest.approx(np.mean([3 / s if s else 3 for s in succeeded]))

@@ -59,14 +59,21 @@ class EvaluationSample:
         return np.repeat(self.ignore[None], max(self.num_objects, 1), axis=0)
 
 
+def area_order(masks: list[np.ndarray]) -> list[int]:
+    """Mask indices by area, largest first; a stable sort, so equal areas keep their annotation order."""
+    return sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
+
+
 def paint_instances(masks: list[np.ndarray]) -> np.ndarray:
-    """Non-overlapping instance map from possibly overlapping masks: largest first, smaller ones on top (a
-    stable sort, so equal areas keep their order); an object fully covered becomes empty and is kept."""
+    """Non-overlapping instance map from possibly overlapping masks, as the original evaluator builds it: the
+    masks sorted by area (`area_order`), **numbered in that order** (object 0 = the largest, map value 1,
+    whatever the annotation order) and painted largest first, so smaller objects end up on top; an object fully
+    covered by smaller ones becomes empty and is kept. The numbering decides the initial clicks' order and
+    timestamps, the query order and every multi-instance strategy's choices."""
     shape = masks[0].shape if masks else (0, 0)
     instance_map = np.zeros(shape, dtype=np.int32)
-    order = sorted(range(len(masks)), key=lambda i: -int(masks[i].sum()))
-    for index in order:
-        instance_map[masks[index]] = index + 1
+    for number, index in enumerate(area_order(masks)):
+        instance_map[masks[index]] = number + 1
     return instance_map
 
 

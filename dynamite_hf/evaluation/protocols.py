@@ -103,9 +103,16 @@ def evaluate_single_instance(
     return result
 
 
+def original_rounding(value: float) -> float:
+    """The original summary's `np.round(mean, 2)`: half-to-even on the scaled value (5.825 -> 5.82)."""
+    return float(np.round(value, 2))
+
+
 def single_instance_metrics(result: SingleInstanceResult, thresholds: Sequence[float] = (0.85, 0.90)) -> dict:
-    """NoC@t (mean 1-based index of the first IoU >= t, else the click cap), NFO@t (samples never reaching
-    t), and the mean IoU after each click (a finished sample keeps its last IoU)."""
+    """NoC@t (mean 1-based index of the first IoU >= t, else the click cap; exact, with `NoC@t_printed` the
+    original's rounded figure), NFO@t (samples never reaching t), IoU@NoC@t (the mean IoU at the click that
+    reached t, or after the last click), and the mean IoU after each click (a finished sample keeps its last
+    IoU)."""
     metrics: dict = {"samples": len(result.ious)}
     for threshold in thresholds:
         bound = np.float32(threshold)
@@ -114,8 +121,12 @@ def single_instance_metrics(result: SingleInstanceResult, thresholds: Sequence[f
             for ious in result.ious
         ]
         never = sum(1 for ious in result.ious if not any(np.float32(iou) >= bound for iou in ious))
-        metrics[f"NoC@{round(threshold * 100)}"] = float(np.mean(counts)) if counts else float("nan")
-        metrics[f"NFO@{round(threshold * 100)}"] = never
+        at_noc = [ious[min(count, len(ious)) - 1] for count, ious in zip(counts, result.ious, strict=True)]
+        name = round(threshold * 100)
+        metrics[f"NoC@{name}"] = float(np.mean(counts)) if counts else float("nan")
+        metrics[f"NoC@{name}_printed"] = original_rounding(metrics[f"NoC@{name}"])
+        metrics[f"NFO@{name}"] = never
+        metrics[f"IoU@NoC@{name}"] = float(np.mean(np.array(at_noc, dtype=np.float32))) if at_noc else float("nan")
     curve = np.array([ious + [ious[-1]] * (result.max_clicks - len(ious)) for ious in result.ious], dtype=np.float64)
     metrics["mIoU_per_click"] = curve.mean(0).tolist() if len(curve) else []
     metrics.update(result.timings.summary())
@@ -209,16 +220,23 @@ def evaluate_multi_instance(
 
 
 def multi_instance_metrics(result: MultiInstanceResult) -> dict:
-    """NCI (mean clicks per object per image), NFO (objects below the threshold), NFI (images with one), mIoU
-    (mean over images of the mean object IoU), as the original's `get_multi_inst_metrices`."""
+    """NCI (mean clicks per object per image), NCI_suc (clicks per *successful* object, the raw click count where
+    none succeeded), NFO (objects below the threshold), NFI (images with one), mIoU (mean over images of the mean
+    object IoU, summed image by image in float32 as the original's `get_multi_inst_metrices`)."""
     threshold = np.float32(result.iou_threshold)
     failed = [sum(1 for v in ious if not np.float32(v) >= threshold) for ious in result.final_ious]
+    pairs = list(zip(result.interactions, result.final_ious, strict=True))
+    total = np.float32(0)
+    for ious in result.final_ious:
+        total = np.float32(total + np.mean(np.array(ious, dtype=np.float32)))
+    succeeded = [len(v) - f for v, f in zip(result.final_ious, failed, strict=True)]
     return {
         "images": len(result.final_ious),
         "objects": sum(len(v) for v in result.final_ious),
-        "NCI": float(np.mean([n / len(v) for n, v in zip(result.interactions, result.final_ious, strict=True)])),
+        "NCI": float(np.mean([n / len(v) for n, v in pairs])),
+        "NCI_suc": float(np.mean([n / s if s else n for (n, _), s in zip(pairs, succeeded, strict=True)])),
         "NFO": int(sum(failed)),
         "NFI": int(sum(1 for f in failed if f)),
-        "mIoU": float(np.mean([np.mean(np.array(v, dtype=np.float32)) for v in result.final_ious])),
+        "mIoU": float(total / np.float32(len(result.final_ious))) if result.final_ious else float("nan"),
         **result.timings.summary(),
     }

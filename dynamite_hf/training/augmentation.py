@@ -86,17 +86,21 @@ def select_instances(
 ) -> np.ndarray:
     """Instance map of a random subset (spec 2.1 steps 4-6): drop empty masks, keep 1 if there is one, else
     `min(int(0.7 n), 30)` at random; paint by area (`areas`, original resolution), largest first, so smaller
-    objects overwrite larger ones; keep instances of more than `min_pixels` pixels, renumbered 1..K."""
+    objects overwrite larger ones; keep instances of more than `min_pixels` pixels, numbered 1..K in that area
+    order (1 = the largest)."""
     present = [i for i in range(len(masks)) if masks[i].any()]
     if len(present) > 1:
         count = max(min(int(keep_fraction * len(present)), max_instances), 1)
         present = sorted(rng.choice(present, size=count, replace=False).tolist())
+    # Sorted by area (stable, largest first), painted in that order so smaller objects end up on top, and
+    # numbered in that order (instance 1 = the largest), as the original's mapper and evaluator do.
+    by_area = sorted(present, key=lambda i: -areas[i])
     painted = np.zeros(masks.shape[1:], dtype=np.int32)
-    for index in sorted(present, key=lambda i: -areas[i]):
+    for index in by_area:
         painted[masks[index]] = index + 1
     instance_map = np.zeros_like(painted)
     kept = 0
-    for index in present:
+    for index in by_area:
         region = painted == index + 1
         if region.sum() > min_pixels:
             kept += 1
