@@ -100,8 +100,9 @@ class PredictorCache:
         return len(self._sessions)
 
     def label_map(self, session: str, state: SessionState, size: tuple[int, int] | None = None) -> np.ndarray:
-        """The label map of `state`'s clicks at `size` (default: the image's), reusing or rebuilding the
-        session's cached features. The predictor's own history is not used: the state holds the clicks."""
+        """The label map of `state`'s clicks, reusing or rebuilding the session's cached features: at `size`, the
+        preview to draw (`DynamitePredictor.preview_label_map`); by default the exact masks at the image's size.
+        The predictor's own history is not used: the state holds the clicks."""
         with self._lock:
             entry = self._sessions.pop(session, None)
             if entry is not None and entry.image_key != state.image_key:
@@ -114,7 +115,11 @@ class PredictorCache:
                     predictor = DynamitePredictor(self.model, self.processor)
                     predictor.set_image(state.image)
                     entry = _CachedSession(state.image_key, predictor)
-                result = (clicks, entry.predictor.label_map_of(list(clicks), size))
+                predictor = entry.predictor
+                if size is None:
+                    result = (clicks, predictor.label_map_of(list(clicks)))
+                else:
+                    result = (clicks, predictor.preview_label_map(list(clicks), size))
             entry.results[size] = result
         with self._lock:
             self._sessions[session] = entry
@@ -246,7 +251,7 @@ class DynamiteApp:
     def render(
         self, state: SessionState, session: str, alpha: float, radius: float, masks_only: bool
     ) -> np.ndarray | None:
-        """The overlay at display size (`state.display`), the masks predicted straight at that size."""
+        """The overlay at display size (`state.display`), with the masks previewed at that size."""
         if state.image is None:
             return None
         label_map = self.cache.label_map(session, state, state.display.shape[:2])

@@ -20,10 +20,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
-from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel
+from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel, fuse_instances, group_query_logits
 
 
 @dataclass(frozen=True)
@@ -116,10 +117,36 @@ class DynamitePredictor:
         """The label map `clicks` give (as `set_clicks` would), at `output_size` `(height, width)` (default: the
         image's size), leaving the session's clicks and undo history as they are.
 
-        For a view at another resolution: the app draws masks at display size (the logits are resized straight
-        to it) and asks for the image's size, the masks it exports, only on export. Returns `(H, W)` int32.
+        The app asks for the image's size (the masks it exports) only on export, and draws with
+        `preview_label_map`. Returns `(H, W)` int32.
         """
         return self._predict(self._checked_clicks(clicks), output_size)
+
+    def preview_label_map(self, clicks: list[Click], output_size: tuple[int, int]) -> np.ndarray:
+        """A label map of `clicks` at `output_size` for drawing, about twice as fast as `label_map_of` at display
+        size: the queries are grouped into each instance's and the background's logits at the model's working
+        size, and only those `num_instances + 1` maps are resized (not one per query). It differs from
+        `label_map_of` at a few boundary pixels per million; export with `label_map_of`. Returns `(H, W)` int32.
+        """
+        clicks = self._checked_clicks(clicks)
+        if not any(c.instance is not None for c in clicks):
+            return np.zeros(output_size, dtype=np.int32)
+        model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
+        features = self._features
+        with torch.inference_mode():
+            query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
+            logits = self.model.post_process_logits(
+                query_logits[0], features.padded_size, self._image_size, self._image_size
+            )
+            instance_logits, background_logits = group_query_logits(logits, counts[0])
+            if background_logits is not None:
+                instance_logits = torch.cat([instance_logits, background_logits[None]])
+            resized = F.interpolate(
+                instance_logits[None], size=tuple(output_size), mode="bilinear", align_corners=False
+            )
+            # One "query" per instance, the last map (if any) the background: the usual fusion rule.
+            _, label_map = fuse_instances(resized[0], [1] * len(counts[0]))
+        return label_map.cpu().numpy().astype(np.int32)
 
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""

@@ -64,6 +64,22 @@ def test_label_map_of_predicts_at_any_size_and_leaves_the_session(predictor, ima
     assert np.array_equal(full, predictor.label_map)  # the same masks as set_clicks
 
 
+def test_preview_differs_from_the_exact_label_map_only_at_a_few_boundary_pixels(predictor, image, monkeypatch) -> None:
+    """The preview groups the queries before the last resize. With smooth logits for three instances and the
+    background (a random tiny model gives one label everywhere), the maps agree but for boundary pixels."""
+    predictor.set_image(image)
+    clicks = [Click(0, 10.0, 10.0, 0), Click(1, 50.0, 60.0, 1), Click(None, 80.0, 100.0, 2), Click(2, 30.0, 90.0, 3)]
+    num_queries = len(clicks) + predictor.model.config.num_static_bg_queries
+    coarse = torch.randn(1, num_queries, 4, 5, generator=torch.Generator().manual_seed(0))
+    logits = torch.nn.functional.interpolate(coarse, size=predictor.image_features.mask_features.shape[-2:])
+    monkeypatch.setattr(predictor.model, "query_logits", lambda *args, **kwargs: (logits, [], [[1, 1, 1]]))
+    exact = predictor.label_map_of(clicks, (180, 240))
+    preview = predictor.preview_label_map(clicks, (180, 240))
+    assert preview.shape == (180, 240) and preview.dtype == np.int32
+    assert set(np.unique(exact)) == {0, 1, 2, 3}
+    assert (preview != exact).mean() < 0.005
+
+
 def test_undo_returns_exactly_the_earlier_masks(predictor, image) -> None:
     predictor.set_image(image)
     states = [predictor.label_map.copy()]
