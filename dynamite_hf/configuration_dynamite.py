@@ -7,12 +7,12 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from .backbones._config import BACKBONE_DEFAULTS, BACKBONE_TYPES
+
 
 # The five released models: backbone family and its hyper-parameters (spec section 1.2). The family modules'
 # defaults are the released values (MiT-B0, Swin-T, R50, HRNet-W32); they are written out into config.json.
 def _released_backbones() -> dict[str, tuple[str, dict[str, Any]]]:
-    from .backbones import hrnet, mit, resnet, swin
-
     swin_large = {
         "embed_dim": 192,
         "depths": [2, 2, 18, 2],
@@ -21,11 +21,11 @@ def _released_backbones() -> dict[str, tuple[str, dict[str, Any]]]:
         "pretrain_img_size": 384,
     }
     return {
-        "resnet50": ("resnet", dict(resnet._DEFAULTS)),
-        "hrnet_w32": ("hrnet", dict(hrnet._DEFAULTS)),
-        "mit_b0": ("mit", dict(mit._DEFAULTS)),
-        "swin_tiny": ("swin", dict(swin._DEFAULTS)),
-        "swin_large": ("swin", {**swin._DEFAULTS, **swin_large}),
+        "resnet50": ("resnet", dict(BACKBONE_DEFAULTS["resnet"])),
+        "hrnet_w32": ("hrnet", dict(BACKBONE_DEFAULTS["hrnet"])),
+        "mit_b0": ("mit", dict(BACKBONE_DEFAULTS["mit"])),
+        "swin_tiny": ("swin", dict(BACKBONE_DEFAULTS["swin"])),
+        "swin_large": ("swin", {**BACKBONE_DEFAULTS["swin"], **swin_large}),
     }
 
 
@@ -171,8 +171,6 @@ class DynamiteConfig(PretrainedConfig):
         test_max_size: int = 1333,
         **kwargs: Any,
     ) -> None:
-        from .backbones import BACKBONE_TYPES
-
         if backbone_type not in BACKBONE_TYPES:
             raise ValueError(f"backbone_type must be one of {BACKBONE_TYPES}, got {backbone_type!r}")
         if positional_embedding not in ("spatio_temporal", "spatial", "temporal", "none"):

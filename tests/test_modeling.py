@@ -189,3 +189,19 @@ def test_checkpoint_with_foreign_or_missing_keys_is_refused() -> None:
         convert_original_state_dict({"sem_seg_head.predictor.class_embed.weight": torch.zeros(1)}, model.config)
     with pytest.raises(KeyError, match="missing from the checkpoint"):
         load_original_state_dict(model, {"sem_seg_head.interactive_transformer.query_embed": torch.zeros(32)})
+
+
+def test_the_configuration_needs_no_backbone_module() -> None:
+    """The config reads the families' defaults from a torch-free table: building any preset's config imports no
+    backbone family module (they import the config only for type hints), so the two cannot import each other."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from dynamite_hf.configuration_dynamite import DynamiteConfig; "
+        "[DynamiteConfig.from_preset(p) for p in ('resnet50', 'hrnet_w32', 'mit_b0', 'swin_tiny', 'swin_large')]; "
+        "loaded = [m for m in sys.modules if m.startswith('dynamite_hf.backbones.') and m != 'dynamite_hf.backbones._config']; "
+        "print(loaded); assert not loaded"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]

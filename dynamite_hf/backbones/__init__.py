@@ -19,7 +19,9 @@ from torch import nn
 if TYPE_CHECKING:
     from ..configuration_dynamite import DynamiteConfig
 
-BACKBONE_TYPES = ("resnet", "swin", "mit", "hrnet", "mobilenet_v2")
+from ._config import BACKBONE_DEFAULTS, BACKBONE_TYPES
+
+__all__ = ["BACKBONE_DEFAULTS", "BACKBONE_TYPES", "build_backbone", "convert_backbone_state_dict"]
 
 
 def _family_module(backbone_type: str):

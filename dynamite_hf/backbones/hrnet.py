@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import merge_backbone_config
+from ._config import BACKBONE_DEFAULTS, merge_backbone_config
 
-_DEFAULTS = {"width": 32, "stage_modules": [1, 4, 3], "blocks_per_branch": 4}
+_DEFAULTS = BACKBONE_DEFAULTS["hrnet"]
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int, relu: bool) -> nn.Sequential:

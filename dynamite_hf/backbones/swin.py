@@ -14,19 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import merge_backbone_config
+from ._config import BACKBONE_DEFAULTS, merge_backbone_config
 from .mit import drop_path
 
-_DEFAULTS = {
-    "embed_dim": 96,
-    "depths": [2, 2, 6, 2],
-    "num_heads": [3, 6, 12, 24],
-    "window_size": 7,
-    "mlp_ratio": 4.0,
-    "drop_path_rate": 0.3,
-    "pretrain_img_size": 224,
-    "patch_size": 4,
-}
+_DEFAULTS = BACKBONE_DEFAULTS["swin"]
 
 
 def relative_position_index(window: int) -> Tensor:
