@@ -210,13 +210,7 @@ class DynamitePredictor:
         return renumbered
 
     def _push(self, click: Click) -> np.ndarray:
-        self._require_image()
-        height, width = self._image.shape[:2]
-        if not (0 <= click.row < height and 0 <= click.col < width):
-            raise ValueError(
-                f"click at (row={click.row}, col={click.col}) lies outside the image of {height}x{width} pixels"
-            )
-        clicks = [*self.clicks, click]
+        clicks = self._checked_clicks([*self.clicks, click])
         self._history.append(_State(tuple(clicks), self._predict(clicks)))
         return self.masks
 
