@@ -38,6 +38,7 @@ from dynamite_hf.evaluation.obedience import (
     evaluate_instance_separation,
     evaluate_obedience,
     obedience_metrics,
+    per_sample,
     separation_metrics,
 )
 from dynamite_hf.evaluation.protocols import ModelSegmenter
@@ -111,26 +112,12 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate_obedience(segmenter, samples, args.max_clicks)
         metrics = obedience_metrics(result)
         table = obedience_table(args.dataset, metrics)
-        details = {
-            "samples": {
-                sample_id: {"positive": positive, "obeyed": obeyed, "ious": ious}
-                for sample_id, positive, obeyed, ious in zip(
-                    result.sample_ids, result.positive, result.obeyed, result.ious, strict=True
-                )
-            }
-        }
+        details = {"samples": per_sample(result)}
     elif args.report == "obedience":
         result = evaluate_instance_separation(segmenter, samples)
         metrics = separation_metrics(result)
         table = separation_table(args.dataset, metrics)
-        details = {
-            "samples": {
-                sample_id: {"empty": empty, "owns_click": owns, "ious": ious}
-                for sample_id, empty, owns, ious in zip(
-                    result.sample_ids, result.empty, result.owns_click, result.ious, strict=True
-                )
-            }
-        }
+        details = {"samples": per_sample(result)}
     elif args.mode == "single":
         result = evaluate_single_instance(segmenter, samples, args.max_clicks, args.iou_threshold or 0.90)
         metrics = single_instance_metrics(result)

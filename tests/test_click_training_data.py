@@ -145,28 +145,39 @@ def stride4(logits: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(logits[None], 4)[0]
 
 
-def test_the_click_term_punishes_a_prediction_that_disobeys_its_click() -> None:
-    """Logits right everywhere but in a small block around the click: the paper's sampled points rarely see it,
-    the click points always do."""
-    size = 64
+def click_disobeying_prediction(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets `(2, size, size)` (a centred square and the background) and logits right everywhere but in an
+    8-px block around the centre, where the square's pixels are predicted as background."""
     target = torch.zeros(2, size, size)
     target[0, 16:48, 16:48] = 1
     target[1] = 1 - target[0]
     logits = (target * 2 - 1) * 8
-    logits[0, 28:36, 28:36] = -8  # the clicked pixel is predicted as background
-    logits[1, 28:36, 28:36] = 8
-    clicks = [Click(0, 32.0, 32.0, 0, frame="model")]
-    points = [click_disk_points(clicks, (size, size), 2)]
-    plain, _ = mask_losses([stride4(logits)], [target], 2.0, num_points=256, generator=torch.Generator().manual_seed(0))
-    with_clicks, _ = mask_losses(
-        [stride4(logits)],
-        [target],
-        2.0,
-        num_points=256,
-        generator=torch.Generator().manual_seed(0),
-        extra_points=points,
-    )
+    logits[0, 28:36, 28:36], logits[1, 28:36, 28:36] = -8, 8
+    return target, logits
+
+
+def test_the_click_term_punishes_a_prediction_that_disobeys_its_click() -> None:
+    """Logits right everywhere but in a small block around the click: the paper's sampled points rarely see it,
+    the click points always do, and their weight scales the term."""
+    size = 64
+    target, logits = click_disobeying_prediction(size)
+    points = [click_disk_points([Click(0, 32.0, 32.0, 0, frame="model")], (size, size), 2)]
+
+    def bce(extra_points, weight=1.0):
+        generator = torch.Generator().manual_seed(0)
+        return mask_losses(
+            [stride4(logits)],
+            [target],
+            2.0,
+            num_points=256,
+            generator=generator,
+            extra_points=extra_points,
+            extra_weight=weight,
+        )[0]
+
+    plain, with_clicks, weighted = bce(None), bce(points), bce(points, 20.0)
     assert with_clicks > plain * 1.5
+    assert weighted > with_clicks * 2
 
 
 def test_padded_click_points_weigh_nothing() -> None:
@@ -208,26 +219,3 @@ def test_parts_objects_are_apart_and_made_of_touching_parts() -> None:
     assert len(build_dataset(read_source("synthetic:2:1:parts"))) == 2
     with pytest.raises(ValueError, match="kind must be one of"):
         next(textured_shapes(1, kind="stars"))
-
-
-def test_the_click_weight_scales_the_click_term() -> None:
-    size = 64
-    target = torch.zeros(2, size, size)
-    target[0, 16:48, 16:48] = 1
-    target[1] = 1 - target[0]
-    logits = (target * 2 - 1) * 8
-    logits[0, 28:36, 28:36], logits[1, 28:36, 28:36] = -8, 8
-    points = [click_disk_points([Click(0, 32.0, 32.0, 0, frame="model")], (size, size), 2)]
-    losses = [
-        mask_losses(
-            [stride4(logits)],
-            [target],
-            2.0,
-            num_points=256,
-            generator=torch.Generator().manual_seed(0),
-            extra_points=points,
-            extra_weight=weight,
-        )[0]
-        for weight in (1.0, 20.0)
-    ]
-    assert losses[1] > losses[0] * 2

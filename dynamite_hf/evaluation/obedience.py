@@ -14,8 +14,8 @@ measures can:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -106,15 +106,30 @@ class SeparationResult:
     ious: list[list[float]] = field(default_factory=list)
 
 
+def per_sample(result) -> dict:
+    """`{sample_id: {field: value}}` of a result dataclass whose fields other than `sample_ids` are per-sample
+    lists (for the JSON report)."""
+    names = [f.name for f in fields(result) if f.name != "sample_ids"]
+    return {sample_id: {n: getattr(result, n)[i] for n in names} for i, sample_id in enumerate(result.sample_ids)}
+
+
+def _started_with_initial_clicks(
+    segmenter: Segmenter, samples: Sequence[EvaluationSample], description: str, progress: bool
+) -> Iterator[tuple[EvaluationSample, Clicker, list]]:
+    """Each sample started on the segmenter, with its clicker and the protocol's initial clicks (one per object)."""
+    for sample in tqdm(samples, desc=description, unit="image", disable=not progress):
+        clicker = Clicker(sample.instance_map, sample.ignore_masks, num_objects=sample.num_objects)
+        clicks = clicker.initial_clicks()
+        segmenter.start(sample)
+        yield sample, clicker, clicks
+
+
 def evaluate_instance_separation(
     segmenter: Segmenter, samples: Sequence[EvaluationSample], progress: bool = True
 ) -> SeparationResult:
     """One click per object, each a new instance (the multi-instance protocol's initial clicks)."""
     result = SeparationResult()
-    for sample in tqdm(samples, desc="instance separation", unit="image", disable=not progress):
-        clicker = Clicker(sample.instance_map, sample.ignore_masks, num_objects=sample.num_objects)
-        clicks = clicker.initial_clicks()
-        segmenter.start(sample)
+    for sample, clicker, clicks in _started_with_initial_clicks(segmenter, samples, "instance separation", progress):
         prediction = segmenter.predict(list(clicks))
         result.sample_ids.append(sample.sample_id)
         result.empty.append([not prediction[k].any() for k in range(clicker.num_objects)])
@@ -151,10 +166,7 @@ def evaluate_single_click_choice(
 ) -> SingleClickResult:
     """Each object of each multi-object image clicked on its own: does one click pick that object and no other?"""
     result = SingleClickResult()
-    for sample in tqdm(samples, desc="single-click choice", unit="image", disable=not progress):
-        clicker = Clicker(sample.instance_map, sample.ignore_masks, num_objects=sample.num_objects)
-        clicks = clicker.initial_clicks()
-        segmenter.start(sample)
+    for sample, clicker, clicks in _started_with_initial_clicks(segmenter, samples, "single-click choice", progress):
         ious, spills = [], []
         for click in clicks:
             mask = segmenter.predict([replace(click, instance=0, timestamp=0)])[0]
