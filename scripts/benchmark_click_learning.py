@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batch-size must be a multiple of --processes, got {args.batch_size} and {args.processes}")
 
     output = Path(args.output)
+    shutil.rmtree(output / "test", ignore_errors=True)  # held-out images of an earlier run must not mix in
     test_root = save_instance_folder(textured_shapes(args.test_images, seed=2, size=args.image_size), output / "test")
     samples = read_dataset("folder", test_root, mode="multi")
     report: dict = {"test_images": len(samples)}
