@@ -267,6 +267,10 @@ class DynamiteTransformerMemory:
         decoder_pixel_position: `(batch, num_pixels, dim)` sine encoding of the stride-4 map.
         decoder_first_inputs: `(batch, num_pixels, dim)` mask features + their position encoding, the
             attention input of the first decoder layer.
+        level_mask_features: the mask features resized (bilinear) to each level's size, `(batch, dim, h, w)`.
+            The mask head is linear in the mask features, so `resize(embedding @ features)` equals
+            `embedding @ resize(features)` (up to float rounding): inference computes the attention masks of
+            the encoder layers at the levels' sizes (at most 1/4 of the stride-4 pixels) from these.
     """
 
     encoder_keys: list[Tensor]
@@ -274,6 +278,7 @@ class DynamiteTransformerMemory:
     level_sizes: list[tuple[int, int]]
     decoder_pixel_position: Tensor | None
     decoder_first_inputs: Tensor | None
+    level_mask_features: list[Tensor] | None = None
 
 
 class DynamiteInteractiveTransformer(nn.Module):
@@ -332,7 +337,10 @@ class DynamiteInteractiveTransformer(nn.Module):
             pixel_position = sine_position_encoding(height, width, dim // 2, mask_features.device)
             pixel_position = pixel_position.flatten(2).transpose(1, 2)
             first_inputs = mask_features.flatten(2).transpose(1, 2) + pixel_position
-        return DynamiteTransformerMemory(keys, values, sizes, pixel_position, first_inputs)
+        level_mask_features = [
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
+        ]
+        return DynamiteTransformerMemory(keys, values, sizes, pixel_position, first_inputs, level_mask_features)
 
     # -- per click ---------------------------------------------------------------------------------------
     def _click_descriptors(self, multi_scale_features: Sequence[Tensor], queries: DynamiteQueryBatch) -> Tensor:
@@ -370,10 +378,11 @@ class DynamiteInteractiveTransformer(nn.Module):
         batch, dim, height, width = mask_features.shape
         return torch.bmm(embedding, mask_features.view(batch, dim, height * width)).view(batch, -1, height, width)
 
-    def _blocked(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
-        """Attention mask for the next encoder layer: True where the resized prediction is background.
-        Rows blocked everywhere are opened (Mask2Former's rule)."""
-        resized = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    def _blocked(self, logits: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Attention mask for the next encoder layer: True where the prediction resized to `size` (already
+        at the level's size if `size` is None) is background. Rows blocked everywhere are opened (Mask2Former's
+        rule)."""
+        resized = logits if size is None else F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         blocked = (resized.sigmoid().flatten(2) < 0.5).repeat_interleave(self.num_heads, dim=0)
         blocked[blocked.all(-1)] = False
         return blocked
@@ -401,18 +410,26 @@ class DynamiteInteractiveTransformer(nn.Module):
             position = torch.cat((position, self.static_bg_pe.expand(batch, -1, -1)), 1)
         hidden = self.query_projection(hidden)
 
+        # Without the auxiliary predictions, the attention masks are predicted at the levels' sizes directly.
+        at_levels = not output_auxiliary and memory.level_mask_features is not None
+
+        def blocked_for(level: int) -> Tensor:
+            if at_levels:
+                return self._blocked(self._predict(hidden, memory.level_mask_features[level]))
+            return self._blocked(logits, memory.level_sizes[level])
+
         auxiliary = []
-        logits = self._predict(hidden, mask_features)
-        blocked = self._blocked(logits, memory.level_sizes[0])
+        logits = None if at_levels else self._predict(hidden, mask_features)
+        blocked = blocked_for(0)
         for index, layer in enumerate(self.encoder_layers):
             if output_auxiliary:
                 auxiliary.append(logits)
             hidden = layer(hidden, position, memory.encoder_keys[index], memory.encoder_values[index], blocked)
             last = index == len(self.encoder_layers) - 1
-            if not last or output_auxiliary or len(self.decoder_layers) == 0:
+            if output_auxiliary or (not last and not at_levels) or (last and len(self.decoder_layers) == 0):
                 logits = self._predict(hidden, mask_features)
             if not last:
-                blocked = self._blocked(logits, memory.level_sizes[(index + 1) % self.num_levels])
+                blocked = blocked_for((index + 1) % self.num_levels)
 
         if len(self.decoder_layers) == 0:
             return logits, auxiliary

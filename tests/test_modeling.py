@@ -85,6 +85,21 @@ def test_few_key_and_standard_decoder_attention_agree() -> None:
     torch.testing.assert_close(fast, standard, rtol=1e-5, atol=1e-5)
 
 
+def test_attention_masks_predicted_at_the_levels_sizes_match_the_resized_stride_4_prediction() -> None:
+    """Inference predicts the encoder layers' attention masks from mask features resized to each level; the
+    training path (auxiliary outputs) resizes the stride-4 prediction. Same masks, so the same final logits."""
+    model = tiny_model()
+    features = model.get_image_features(torch.randn(1, 3, 96, 128))
+    clicks = [clicks_two_instances()]
+    with torch.inference_mode():
+        at_levels, _, _ = model.query_logits(features, clicks, [(96, 128)])
+        features.memory.level_mask_features = None  # forces the stride-4 prediction and its resizing
+        resized, _, _ = model.query_logits(features, clicks, [(96, 128)])
+        with_auxiliary, auxiliary, _ = model.query_logits(features, clicks, [(96, 128)], output_auxiliary=True)
+    torch.testing.assert_close(at_levels, resized, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(with_auxiliary, resized, rtol=0, atol=0)
+    assert len(auxiliary) == len(model.interactive_transformer.encoder_layers) + 1
+
 def test_batch_of_images_with_different_click_counts_pads_like_the_original() -> None:
     model = tiny_model()
     pixel_values = torch.randn(2, 3, 64, 64)
