@@ -1,0 +1,86 @@
+"""`scripts/benchmark_app.py`: its clients reproduce what gradio_client and the page get, and it prints figures."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from app_server import running_app
+from test_app import LOOK, write_image
+from test_app_browser import CHROMIUM
+from test_modeling import tiny_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import benchmark_app  # noqa: E402
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model().save_pretrained(folder)
+    return folder
+
+
+def test_browser_protocol_client_gets_what_gradio_client_gets(model_dir, tmp_path) -> None:
+    """The same session through the page's requests and through gradio_client: the same messages and the
+    byte-identical overlays, so the default client times the app's real work."""
+    image = Path(write_image(tmp_path, 3))
+    clicks = [(20.0, 30.0, False), (40.0, 10.0, True), (35.0, 70.0, False)]
+    with running_app(model_dir) as url:
+        page = benchmark_app.BrowserProtocolClient(url)
+        reference = gradio_client.Client(url, verbose=False)
+        assert "ready" in page.call("upload", None, page.upload(image), *LOOK)[2]
+        assert "ready" in reference.predict(gradio_client.handle_file(str(image)), *LOOK, api_name="/upload")[1]
+        for row, col, background in clicks:
+            _, overlay, message, *_ = page.call("click", None, row, col, background, *LOOK)
+            expected_overlay, expected_message, *_ = reference.predict(row, col, background, *LOOK, api_name="/click")
+            assert re.sub(r"\d+ ms", "", message) == re.sub(r"\d+ ms", "", expected_message)
+            assert message.startswith("Click on")
+            received = hashlib.sha256(page.fetch(overlay)).hexdigest()
+            assert received == hashlib.sha256(Path(expected_overlay).read_bytes()).hexdigest()
+
+
+def test_clients_refuse_an_error_message_as_a_timed_click(model_dir, tmp_path) -> None:
+    """A click the app answers with an error is not timed as a success."""
+    with running_app(model_dir) as url:
+        page = benchmark_app.BrowserProtocolClient(url)
+        message = page.call("click", None, 5.0, 5.0, False, *LOOK)[2]  # no image uploaded
+    assert message.startswith("⚠️ Upload an image")
+
+
+@pytest.mark.parametrize("client", ["browser", "chromium"])
+def test_benchmark_prints_its_figures(model_dir, tmp_path, capsys, client) -> None:
+    if client == "chromium" and not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
+    benchmark_app.main(["--model", str(model_dir), "--size", "120x160", "--clicks", "6", "--client", client])
+    printed = capsys.readouterr().out
+    assert f"1 session(s) x 6 clicks over HTTP ({client} client)" in printed
+    median, p95 = (int(v) for v in re.search(r"median (\d+) ms, p95 (\d+) ms", printed).groups())
+    assert 0 < median <= p95
+    assert re.search(r"app peak memory \(VmHWM\): \d+ MB", printed)
+
+
+def test_sessions_start_clicking_together(model_dir, tmp_path) -> None:
+    """Two sessions through the page's requests: each gets its own timings."""
+    image = Path(write_image(tmp_path, 4))
+    with running_app(model_dir) as url:
+        barrier = threading.Barrier(2)
+        results = []
+        threads = [
+            threading.Thread(
+                target=lambda seed: results.append(benchmark_app.run_session(url, image, seed, 3, barrier)),
+                args=(seed,),
+            )
+            for seed in (1, 2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert [len(times) for times in results] == [3, 3]
