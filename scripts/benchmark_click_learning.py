@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf.data.instances import build_dataset
 from dynamite_hf.evaluation import read_dataset
 from dynamite_hf.evaluation.obedience import (
     evaluate_instance_separation,
@@ -39,7 +40,6 @@ from dynamite_hf.evaluation.obedience import (
     single_click_metrics,
 )
 from dynamite_hf.evaluation.protocols import ModelSegmenter
-from dynamite_hf.instance_datasets import build_dataset
 from dynamite_hf.training.synthetic import save_instance_folder, textured_shapes
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Build a training / evaluation dataset (`datasets.Dataset`, schema in `dynamite_hf.instance_datasets`).
+"""Build a training / evaluation dataset (`datasets.Dataset`, schema in `dynamite_hf.data.instances`).
 
     python scripts/build_dataset.py --source yolo:../shared/data/coco128-seg --output data/coco128
     python scripts/build_dataset.py --source folder:PennFudanPed/PNGImages:PennFudanPed/PedMasks \
@@ -17,7 +17,7 @@ import argparse
 import itertools
 import warnings
 
-from dynamite_hf.instance_datasets import SkipCounter, build_dataset, read_source
+from dynamite_hf.data.instances import SkipCounter, build_dataset, read_source
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data.benchmarks import EvaluationSample
 from .clicker import Clicker
-from .datasets import EvaluationSample
 from .protocols import Segmenter
 
 

@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..clicks import Click
+from ..data.benchmarks import EvaluationSample
 from .clicker import Clicker
-from .datasets import EvaluationSample
 
 MULTI_INSTANCE_STRATEGIES = ("best", "worst", "random", "round_robin", "wlb", "max_dt")
 
