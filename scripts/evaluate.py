@@ -17,11 +17,19 @@ of instances containing their own click.
 
     python scripts/evaluate.py --model models/dynamite-mobilenet-v2 --dataset grabcut \
         --data-root ../shared/data/GrabCut --report obedience --max-clicks 10
+
+Under `accelerate launch --num_processes N scripts/evaluate.py ...` the samples are shared among N processes
+(sample i on process i % N; `dynamite_hf.sharding`) and the main process writes the same files as a one-process
+run: the same numbers for single-instance runs and the deterministic strategies (best, worst, wlb, max_dt) when
+the processes compute on the CPU; only the timings differ. `random` and `round_robin` draw from one random
+stream over the whole run, which processes cannot share: a sharded run of them needs --allow-sharded-random and
+gives other numbers (one stream per process, each seeded 123456 + seed-id, so they depend on N).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 from dynamite_hf import DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
@@ -30,8 +38,8 @@ from dynamite_hf.evaluation import (
     MULTI_INSTANCE_STRATEGIES,
     evaluate_multi_instance,
     evaluate_single_instance,
+    iter_dataset,
     multi_instance_metrics,
-    read_dataset,
     single_instance_metrics,
 )
 from dynamite_hf.evaluation.obedience import (
@@ -50,12 +58,23 @@ from dynamite_hf.evaluation.report import (
     single_instance_table,
 )
 from dynamite_hf.runtime import tune_cpu_allocator
+from dynamite_hf.sharding import current_processes, run_sharded
+
+# The strategies that draw from one random stream over the whole run (see the module docstring).
+SHARED_STREAM_STRATEGIES = ("random", "round_robin")
 
 
 def pixel_count(text: str) -> int:
     """argparse type of the resize options: a positive whole number of pixels."""
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
+def sample_count(text: str) -> int:
+    """argparse type of --limit: a positive whole number of samples."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number of samples, got {text!r}")
     return int(text)
 
 
@@ -78,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-clicks", type=int, default=20, help="single-instance click cap")
     parser.add_argument("--iou-threshold", type=float, help="default 0.90 (single) / 0.85 (multi)")
     parser.add_argument("--seed-id", type=int, default=0, help="random strategies use seed 123456 + seed-id")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--limit", type=sample_count, help="evaluate only the first N samples")
     parser.add_argument(
         "--min-objects", type=int, default=0, help="multi mode: only images with at least this many objects"
     )
@@ -89,9 +108,23 @@ def main(argv: list[str] | None = None) -> None:
         "--max-size", type=pixel_count, help="inference resize: longest-edge cap (default: the config's)"
     )
     parser.add_argument("--output", default="evaluation_output")
+    parser.add_argument(
+        "--allow-sharded-random",
+        action="store_true",
+        help="under accelerate launch with several processes: run --strategy random / round_robin with one random "
+        "stream per process (numbers differ from a one-process run's)",
+    )
     args = parser.parse_args(argv)
     if (args.model is None) == (args.preset is None):
         parser.error("give exactly one of --model or --preset")
+    processes = current_processes()
+    shared_stream = args.mode == "multi" and args.report == "protocol" and args.strategy in SHARED_STREAM_STRATEGIES
+    if processes.is_sharded and shared_stream and not args.allow_sharded_random:
+        parser.error(
+            f"--strategy {args.strategy} draws from one random stream over the whole run, which {processes.size} "
+            "processes cannot share, so a sharded run gives other numbers than a one-process run; run one process "
+            "for the original's numbers, or add --allow-sharded-random to accept one stream per process"
+        )
 
     tune_cpu_allocator()
     if args.model:
@@ -99,40 +132,70 @@ def main(argv: list[str] | None = None) -> None:
     else:
         extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
         model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
+    model.to(processes.device)
     processor = DynamiteImageProcessor.from_config(
         model.config,
         short_edge=args.short_edge or model.config.test_short_edge,
         max_size=args.max_size or model.config.test_max_size,
     )
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
-    samples = [s for s in read_dataset(args.dataset, args.data_root, args.mode) if s.num_objects >= args.min_objects]
-    samples = samples[: args.limit]
+    # Read lazily: a process keeps only its share of the samples (`run_sharded`).
+    samples = (s for s in iter_dataset(args.dataset, args.data_root, args.mode) if s.num_objects >= args.min_objects)
+    samples = itertools.islice(samples, args.limit)
+
+    def run(evaluate, description: str, unit: str = "sample"):
+        return run_sharded(evaluate, samples, processes, description, unit)
 
     if args.report == "obedience" and args.mode == "single":
-        result = evaluate_obedience(segmenter, samples, args.max_clicks)
+        result = run(
+            lambda share, progress: evaluate_obedience(segmenter, share, args.max_clicks, progress), "obedience"
+        )
+    elif args.report == "obedience":
+        result = run(
+            lambda share, progress: evaluate_instance_separation(segmenter, share, progress), "separation", "image"
+        )
+    elif args.mode == "single":
+        threshold = args.iou_threshold or 0.90
+        result = run(
+            lambda share, progress: evaluate_single_instance(segmenter, share, args.max_clicks, threshold, progress),
+            "single-instance",
+        )
+    else:
+        threshold = args.iou_threshold or 0.85
+        result = run(
+            lambda share, progress: evaluate_multi_instance(
+                segmenter, share, args.strategy, threshold, seed_id=args.seed_id, progress=progress
+            ),
+            f"multi-instance ({args.strategy})",
+            "image",
+        )
+    if not processes.is_main:
+        return
+
+    if args.report == "obedience" and args.mode == "single":
         metrics = obedience_metrics(result)
         table = obedience_table(args.dataset, metrics)
         details = {"samples": per_sample(result)}
     elif args.report == "obedience":
-        result = evaluate_instance_separation(segmenter, samples)
         metrics = separation_metrics(result)
         table = separation_table(args.dataset, metrics)
         details = {"samples": per_sample(result)}
     elif args.mode == "single":
-        result = evaluate_single_instance(segmenter, samples, args.max_clicks, args.iou_threshold or 0.90)
         metrics = single_instance_metrics(result)
         table = single_instance_table(args.dataset, metrics)
         details = {"samples": dict(zip(result.sample_ids, result.ious, strict=True))}
     else:
-        result = evaluate_multi_instance(
-            segmenter, samples, args.strategy, args.iou_threshold or 0.85, seed_id=args.seed_id
-        )
         metrics = multi_instance_metrics(result)
         table = multi_instance_table(args.dataset, args.strategy, metrics)
         details = {
             "final_ious": dict(zip(result.sample_ids, result.final_ious, strict=True)),
             "interactions": dict(zip(result.sample_ids, result.interactions, strict=True)),
         }
+    if processes.is_sharded and shared_stream:
+        details["random_stream"] = (
+            f"one per process ({processes.size} processes, image i on process i % {processes.size}), each seeded "
+            f"123456 + seed-id: not the one-process run's numbers"
+        )
     save_report(
         Path(args.output),
         table,

@@ -83,3 +83,76 @@ def test_evaluate_rejects_a_non_positive_resize(folder_dataset, capsys) -> None:
         )
     error = capsys.readouterr().err
     assert "--short-edge" in error and "positive whole number of pixels, got '0'" in error
+
+
+# -- sharded runs: accelerate launch with two CPU processes ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def five_images(tmp_path_factory):
+    """Five images (an odd count: the shares differ in size) of two objects placed differently in each."""
+    root = tmp_path_factory.mktemp("sharded")
+    rng = np.random.default_rng(1)
+    (root / "data" / "images").mkdir(parents=True)
+    (root / "data" / "masks").mkdir()
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            root / "data" / "images" / f"img{index}.jpg"
+        )
+        ids = np.zeros((48, 64), dtype=np.uint8)
+        row, col = rng.integers(2, 20, 2)
+        ids[row : row + 15, col : col + 20], ids[25:45, 30 + index : 60] = 1, 2
+        Image.fromarray(ids).save(root / "data" / "masks" / f"img{index}.png")
+    tiny_model().save_pretrained(root / "model")
+    return root
+
+
+def _without_timings(output: Path) -> tuple[str, list[list[str]]]:
+    """results.json as text and results.md's cells, the seconds per click (which differ run to run) left out."""
+    report = json.loads((output / "results.json").read_text())
+    for key in ("first_click_s", "later_click_s"):
+        report["metrics"].pop(key)
+    rows = [line.split("|")[1:-3] for line in (output / "results.md").read_text().splitlines() if line]
+    return json.dumps(report), rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("mode", "strategy", "per_sample"), [("single", "random", "samples"), ("multi", "worst", "final_ious")]
+)
+def test_two_processes_write_what_one_process_writes(five_images, tmp_path, mode, strategy, per_sample) -> None:
+    import torch
+    from accelerate_launch import launch
+
+    arguments = ["--model", str(five_images / "model"), "--dataset", "folder", "--data-root", str(five_images / "data")]
+    arguments += ["--mode", mode, "--strategy", strategy, "--max-clicks", "4", "--iou-threshold", "0.5"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process (OMP_NUM_THREADS=1)
+    try:
+        evaluate_main([*arguments, "--output", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    run = launch([str(SCRIPT), *arguments, "--output", str(tmp_path / "two")])
+
+    assert "(2 processes)" in run.stderr  # the main process's bar counts the samples of both
+    one, two = _without_timings(tmp_path / "one"), _without_timings(tmp_path / "two")
+    assert two == one
+    results = json.loads(one[0])
+    assert len(results[per_sample]) == (10 if mode == "single" else 5)
+    assert len({json.dumps(v) for v in results[per_sample].values()}) > 1  # samples differ: a wrong order would show
+    assert run.stdout.count("| folder |") == 1  # only the main process prints the table
+    if mode == "single":
+        plots = [np.asarray(Image.open(path / "miou_per_click.png")) for path in (tmp_path / "one", tmp_path / "two")]
+        assert np.array_equal(*plots)
+
+
+def test_sharded_random_strategies_need_opting_in(folder_dataset, monkeypatch, capsys) -> None:
+    import dynamite_hf.sharding
+
+    monkeypatch.setattr(dynamite_hf.sharding, "current_processes", lambda: dynamite_hf.sharding.ProcessGroup(0, 2))
+    arguments = ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset)]
+    for strategy in ("random", "round_robin"):
+        with pytest.raises(SystemExit):
+            evaluate_main([*arguments, "--mode", "multi", "--strategy", strategy])
+        error = capsys.readouterr().err
+        assert f"--strategy {strategy} draws from one random stream" in error and "--allow-sharded-random" in error
