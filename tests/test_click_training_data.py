@@ -15,6 +15,7 @@ from dynamite_hf.clicks import Click
 from dynamite_hf.instance_datasets import build_dataset, decode_rle, read_source, split_components
 from dynamite_hf.training.loss import click_disk_points, mask_losses
 from dynamite_hf.training.synthetic import (
+    color_regions,
     composite_image,
     copy_paste_composites,
     save_instance_folder,
@@ -89,6 +90,58 @@ def test_composite_source_from_saved_datasets(tmp_path) -> None:
         read_source(f"composite:{tmp_path / 'missing'}:{tmp_path / 'backgrounds'}:3")
     with pytest.raises(ValueError, match="no instance of at least"):
         next(copy_paste_composites(dataset, dataset, 1, min_object_pixels=10**9))
+
+
+def test_color_regions_are_disjoint_connected_parts_of_one_colour() -> None:
+    """Four flat quadrants (two of them the same colour) and a small speck: every region lies in one quadrant
+    (position splits a big flat area at some granularities, never across a colour edge), never spanning the two
+    same-coloured but separate quadrants, and the speck is no region of its own."""
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    image[:60, :80] = (200, 30, 30)
+    image[:60, 80:] = (30, 200, 30)
+    image[60:, :80] = (30, 30, 200)
+    image[60:, 80:] = (200, 30, 30)
+    image[5:8, 5:8] = (250, 250, 250)
+    quadrants = [np.zeros((120, 160), dtype=bool) for _ in range(4)]
+    for mask, (rows, cols) in zip(
+        quadrants,
+        [
+            (slice(0, 60), slice(0, 80)),
+            (slice(0, 60), slice(80, 160)),
+            (slice(60, 120), slice(0, 80)),
+            (slice(60, 120), slice(80, 160)),
+        ],
+    ):
+        mask[rows, cols] = True
+    seen = 0
+    for seed in range(8):
+        masks = color_regions(image, np.random.default_rng(seed), max_fraction=0.3)
+        again = color_regions(image, np.random.default_rng(seed), max_fraction=0.3)
+        assert len(masks) == len(again) and all(np.array_equal(a, b) for a, b in zip(masks, again))
+        assert not np.any(np.sum(masks, axis=0) > 1) if masks else True
+        for mask in masks:
+            # Within one quadrant, up to a band of about 2 px along its edges where the blur mixes colours.
+            overlaps = sorted(int((mask & q).sum()) for q in quadrants)
+            assert overlaps[-2] <= 2 * (60 + 80) and mask.sum() >= 0.01 * mask.size
+            seen += 1
+    assert seen > 0
+
+
+def test_regions_source_from_a_saved_dataset(tmp_path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_dataset(textured_shapes(3, seed=4)).save_to_disk(tmp_path / "photos")
+        dataset = build_dataset(read_source(f"regions:{tmp_path / 'photos'}:5:2"), cache_dir=str(tmp_path))
+        again = build_dataset(read_source(f"regions:{tmp_path / 'photos'}:5:2"), cache_dir=str(tmp_path))
+    assert 1 <= len(dataset) <= 5 and dataset["areas"] == again["areas"]
+    for row in dataset:
+        masks = [decode_rle(m) for m in row["masks"]]
+        assert 1 <= len(masks) <= 4 and not np.any(np.sum(masks, axis=0) > 1)
+        assert all(0.01 <= m.mean() <= 0.5 for m in masks)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_source(f"regions:{tmp_path / 'missing'}:3")
+    with pytest.raises(ValueError, match="regions takes 2-3"):
+        read_source("regions:only")
 
 
 def test_split_components_separates_objects_and_drops_specks() -> None:

@@ -31,6 +31,7 @@ Sources (`read_source`):
 | `benchmark:<name>` | any `dynamite_hf.data.benchmarks` reader | the reader's objects |
 | `synthetic:COUNT[:SEED[:KIND]]` | generated (`dynamite_hf.training.synthetic`): `shapes`, or `parts` (objects of several touching parts) | each object |
 | `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` | generated from two saved datasets: pasted cut-outs | each pasted object |
+| `regions:PHOTOS:COUNT[:SEED]` | generated from a saved dataset's photos: colour-and-position clusters | 1-4 regions |
 """
 
 from __future__ import annotations
@@ -378,6 +379,7 @@ SOURCE_KINDS = (
     "benchmark:<name>",
     "synthetic",
     "composite",
+    "regions",
 )
 
 
@@ -404,7 +406,8 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
     - `yolo:ROOT[:SPLIT]`, `folder:IMAGES:MASKS`, `binary:IMAGES:MASKS`, `binary-components:IMAGES:MASKS`,
       `clothing:ROOT`, `coco:ANNOTATIONS.json:IMAGES`, `benchmark:NAME:ROOT`;
     - generated (`dynamite_hf.training.synthetic`): `synthetic:COUNT[:SEED[:KIND]]` textured shapes or parts,
-      `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema.
+      `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema,
+      `regions:PHOTOS:COUNT[:SEED]` regions of the photos of a saved dataset as the targets.
     """
     kind, _, rest = spec.partition(":")
     parts = [p for p in rest.split(":") if p]
@@ -418,6 +421,7 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         "benchmark": (2, 2),
         "synthetic": (1, 3),
         "composite": (3, 4),
+        "regions": (2, 3),
     }
     if kind not in expected:
         raise ValueError(f"source {spec!r}: unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
@@ -430,7 +434,7 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         seed = int(parts[1]) if len(parts) > 1 else 0
         return textured_shapes(_count(spec, parts[0]), seed=seed, kind=parts[2] if len(parts) > 2 else "shapes")
     paths = [Path(p) for p in parts]
-    checked = {"yolo": 1, "benchmark": 0, "composite": 2}.get(kind, len(paths))
+    checked = {"yolo": 1, "benchmark": 0, "composite": 2, "regions": 1}.get(kind, len(paths))
     for path in paths[:checked]:
         if not path.exists():
             raise FileNotFoundError(f"source {spec!r}: {path} does not exist")
@@ -439,6 +443,11 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
 
         seed = int(parts[3]) if len(parts) > 3 else 0
         return copy_paste_composites(_load_saved(paths[0]), _load_saved(paths[1]), _count(spec, parts[2]), seed)
+    if kind == "regions":
+        from ..training.synthetic import photo_regions
+
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        return photo_regions(_load_saved(paths[0]), _count(spec, parts[1]), seed)
     if kind == "yolo":
         return read_yolo(paths[0], *(parts[1:] or []), prefix=paths[0].name)
     if kind == "folder":

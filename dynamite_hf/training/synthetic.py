@@ -6,8 +6,12 @@
 - `copy_paste_composites`: objects cut out of an instance dataset (their own pixels and masks) pasted onto
   other photos, each its own instance, later ones occluding earlier ones. The photo's own salient content is
   background, and several pasted objects compete for one click.
+- `photo_regions`: regions of any photo as targets (in the spirit of MIS, ICCV 2023: targets at many
+  granularities that saliency cannot guess): the photo's colours are clustered into 3-10 groups (colour and
+  position), and connected parts of one group (grass, a wall, a shirt, part of the sky) are the instances. The
+  granularity changes from image to image, so only the clicks can say how much is meant.
 
-Both yield `InstanceExample`s with the image encoded in memory (PNG for shapes, JPEG for photos), so they go
+All yield `InstanceExample`s with the image encoded in memory (PNG for shapes, JPEG for photos), so they go
 through `build_dataset` like any reader (`scripts/build_dataset.py --source synthetic:...` / `composite:...`).
 """
 
@@ -272,6 +276,68 @@ def copy_paste_composites(
         if len(masks) < min_objects:
             continue
         yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.jpg", masks, image_bytes=_jpeg(image))
+
+
+def color_regions(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    max_regions: int = 4,
+    min_fraction: float = 0.01,
+    max_fraction: float = 0.5,
+) -> list[np.ndarray]:
+    """Up to `max_regions` disjoint regions of `image` (RGB uint8): the pixels are clustered by Lab colour and
+    position into 3-10 groups (k-means on a sample, the clusters' count and the position's weight drawn from
+    `rng`), lightly smoothed, and connected parts of one cluster covering `min_fraction`-`max_fraction` of the
+    image are candidates; a random subset of them is returned as bool masks (largest first)."""
+    height, width = image.shape[:2]
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    spatial = rng.uniform(20.0, 80.0) / max(height, width)  # Lab units per pixel of distance
+    features = np.concatenate([lab, (rows * spatial)[..., None], (cols * spatial)[..., None]], -1).reshape(-1, 5)
+    clusters = int(rng.integers(3, 11))
+    sample = features[rng.choice(len(features), size=min(len(features), 4096), replace=False)]
+    criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
+    cv2.setRNGSeed(int(rng.integers(2**31)))
+    _, _, centres = cv2.kmeans(sample, clusters, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    distances = ((features[:, None, :] - centres[None]) ** 2).sum(-1)
+    labels = distances.argmin(1).reshape(height, width).astype(np.uint8)
+    labels = cv2.medianBlur(labels, 5)  # drops specks and ragged edges
+    candidates = []
+    for cluster in range(clusters):
+        count, components, stats, _ = cv2.connectedComponentsWithStats((labels == cluster).astype(np.uint8), 8)
+        for component in range(1, count):
+            fraction = stats[component, cv2.CC_STAT_AREA] / (height * width)
+            if min_fraction <= fraction <= max_fraction:
+                candidates.append(components == component)
+    if not candidates:
+        return []
+    chosen = rng.choice(
+        len(candidates), size=min(len(candidates), int(rng.integers(1, max_regions + 1))), replace=False
+    )
+    return sorted((candidates[i] for i in chosen), key=lambda mask: -int(mask.sum()))
+
+
+def photo_regions(
+    photos_dataset, count: int, seed: int = 0, max_side: int = 512, prefix: str = "regions"
+) -> Iterator[InstanceExample]:
+    """`count` examples: random photos of `photos_dataset` (rows of the instance schema; their own masks are not
+    used), scaled so the longer side is at most `max_side`, with `color_regions` as the instances. Example `i`
+    draws from `default_rng([seed, i])`; it is left out when the photo gives no region."""
+    import datasets
+
+    if len(photos_dataset) == 0:
+        raise ValueError("photo_regions needs a non-empty photos dataset")
+    photos_dataset = photos_dataset.cast_column("image", datasets.Image(decode=False))
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        photo, _ = _decode_row(photos_dataset[int(rng.integers(len(photos_dataset)))])
+        scale = max_side / max(photo.shape[:2])
+        if scale < 1:
+            size = (max(int(round(photo.shape[1] * scale)), 1), max(int(round(photo.shape[0] * scale)), 1))
+            photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
+        masks = color_regions(photo, rng)
+        if masks:
+            yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.jpg", masks, image_bytes=_jpeg(photo))
 
 
 def save_instance_folder(examples: Iterable[InstanceExample], root: Path | str) -> Path:
