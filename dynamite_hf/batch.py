@@ -16,7 +16,13 @@ sets their timestamps). Relative image paths are read from the clicks file's fol
 For each image, `OUTPUT/<image stem>/` receives, by `--format`: `png` (label_map.png with instance ids and
 label_map_palette.png in colour), `instances` (instance_000.png, ... 0/255), `coco` (coco.json with RLE) and
 `overlay` (overlay.png). Every clicked instance is written, even when its mask came out empty (an all-zero
-instance PNG, a COCO annotation of area 0); the command's summary names those.
+instance PNG, a COCO annotation of area 0); the command's summary names those. Two images with the same file
+stem would write to the same folder, so a clicks file with such images is refused.
+
+Under `accelerate launch --multi_gpu --num_processes N -m dynamite_hf.batch ...` (`--multi_gpu` on a CPU-only
+machine too: without it accelerate starts one process) the images are shared among N processes (image i on process
+i % N; `dynamite_hf.sharding`), each writes its images' folders, and the main process prints the summary: the files
+are the same as a one-process run's when the processes compute on the CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from . import export
 from .clicks import Click
 from .modeling_dynamite import DynamiteModel
 from .predictor import DynamitePredictor
+from .sharding import current_processes, run_sharded
 
 FORMATS = ("png", "instances", "coco", "overlay")
 
@@ -48,7 +55,7 @@ def read_jobs(path: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"clicks file {str(path)!r} is not readable JSON ({error})") from None
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
         raise ValueError(f"clicks file {str(path)!r} must hold {{'images': [...]}}")
-    jobs = []
+    jobs, folders = [], {}
     for index, entry in enumerate(document["images"]):
         where = f"{path.name}: images[{index}]"
         if not isinstance(entry, dict) or "image" not in entry or not isinstance(entry.get("clicks"), list):
@@ -62,7 +69,14 @@ def read_jobs(path: str | Path) -> list[dict[str, Any]]:
                 raise ValueError(
                     f"{where}.clicks[{number}] needs row, col and instance (int or null): {error}"
                 ) from None
-        jobs.append({"image": (path.parent / entry["image"]).resolve(), "clicks": clicks})
+        image = (path.parent / entry["image"]).resolve()
+        if image.stem in folders:
+            raise ValueError(
+                f"{where}: image {entry['image']!r} has the stem {image.stem!r} of images[{folders[image.stem]}], "
+                f"so both would write OUTPUT/{image.stem}/; expected image files with distinct stems"
+            )
+        folders[image.stem] = index
+        jobs.append({"image": image, "clicks": clicks})
     return jobs
 
 
@@ -81,13 +95,15 @@ def segment_images(
     jobs: Sequence[dict[str, Any]],
     output_dir: str | Path,
     formats: Sequence[str] = FORMATS,
+    progress: bool = True,
 ) -> list[SegmentedImage]:
-    """Replay each job's clicks on its image and write the requested files, one folder per image."""
+    """Replay each job's clicks on its image and write the requested files, one folder per image (a progress bar
+    for two images or more, unless `progress` is False)."""
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
     results = []
-    for job in tqdm(jobs, desc="segmenting", unit="image", disable=len(jobs) < 2):
+    for job in tqdm(jobs, desc="segmenting", unit="image", disable=not progress or len(jobs) < 2):
         predictor.set_image(job["image"])
         for click in job["clicks"]:
             if click.instance is None:
@@ -124,8 +140,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
     args = parser.parse_args(argv)
     jobs = read_jobs(args.clicks)
-    predictor = DynamitePredictor(DynamiteModel.from_pretrained(args.model))
-    results = segment_images(predictor, jobs, args.output, [f.strip() for f in args.format.split(",") if f.strip()])
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    processes = current_processes()
+    predictor = DynamitePredictor(DynamiteModel.from_pretrained(args.model).to(processes.device))
+    results = run_sharded(
+        lambda share, progress: segment_images(predictor, share, args.output, formats, progress),
+        jobs,
+        processes,
+        "segmenting",
+        "image",
+    )
+    if not processes.is_main:
+        return
     print(f"wrote {len(results)} image folder(s) to {args.output}")
     for result in results:
         if result.empty_instances:

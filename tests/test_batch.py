@@ -72,3 +72,48 @@ def test_bad_clicks_files_are_named(tmp_path) -> None:
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="not readable JSON"):
         read_jobs(tmp_path / "broken.json")
+
+
+def test_two_images_with_one_stem_are_refused(tmp_path) -> None:
+    clicks = {"images": [{"image": f"{folder}/cat.jpg", "clicks": []} for folder in ("a", "b")]}
+    (tmp_path / "clicks.json").write_text(json.dumps(clicks))
+    with pytest.raises(ValueError, match=r"images\[1\]: image 'b/cat.jpg' has the stem 'cat' of images\[0\]"):
+        read_jobs(tmp_path / "clicks.json")
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_files_one_process_writes(model_dir, tmp_path, capsys) -> None:
+    """Five images (an odd count: the shares differ in size) segmented under accelerate launch with two CPU
+    processes: every file equals a one-process run's, and the summary is printed once, in image order."""
+    import torch
+    from accelerate_launch import launch
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    entries = []
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{index}.png")
+        points = rng.integers(2, 38, (3, 2))
+        clicks = [{"row": int(r), "col": int(c), "instance": k % 2} for k, (r, c) in enumerate(points)]
+        entries.append({"image": f"images/{index}.png", "clicks": clicks})
+    (tmp_path / "clicks.json").write_text(json.dumps({"images": entries}))
+    arguments = ["--model", str(model_dir), "--clicks", str(tmp_path / "clicks.json")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process (OMP_NUM_THREADS=1)
+    try:
+        main([*arguments, "--output", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    run = launch(["-m", "dynamite_hf.batch", *arguments, "--output", str(tmp_path / "two")])
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert len(one) == 5 * 6 and sorted(two) == sorted(one)  # per image: 2 label maps, 2 instances, coco, overlay
+    assert len({one[f"{i}/label_map.png"] for i in range(5)}) > 1  # the images differ: a mix-up would show
+    assert [name for name in one if one[name] != two[name]] == []
+    assert "(2 processes)" in run.stderr
+    summary = capsys.readouterr().out.replace(str(tmp_path / "one"), str(tmp_path / "two"))
+    assert summary.startswith("wrote 5 image folder(s)") and summary in run.stdout
+    assert run.stdout.count("wrote 5 image folder(s)") == 1
