@@ -1,9 +1,9 @@
 """Sharing items (evaluation samples, images to segment) among the processes of `accelerate launch`, and putting
 their results back together in item order.
 
-Under `accelerate launch --num_processes N`, item i goes to process i % N: strided, so the large and small files
-that sit next to each other in a listing spread evenly and the shares take about as long. Each process works
-through its share; the main process shows one progress bar of the items done by all processes, then gathers the
+Under `accelerate launch --multi_gpu --num_processes N` (on a CPU-only machine too), item i goes to process i % N:
+strided, so the large and small files that sit next to each other in a listing spread evenly and the shares take
+about as long. Each process works through its share; the main process shows one progress bar of the items done by all processes, then gathers the
 per-item results and restores the item order, so what it writes is what one process working through every item
 would have written. Under a plain `python` run there is one process: it takes every item, with the work's own
 progress bar, and nothing is gathered.

@@ -18,9 +18,9 @@ of instances containing their own click.
     python scripts/evaluate.py --model models/dynamite-mobilenet-v2 --dataset grabcut \
         --data-root ../shared/data/GrabCut --report obedience --max-clicks 10
 
-Under `accelerate launch --num_processes N scripts/evaluate.py ...` the samples are shared among N processes
-(sample i on process i % N; `dynamite_hf.sharding`) and the main process writes the same files as a one-process
-run: the same numbers for single-instance runs and the deterministic strategies (best, worst, wlb, max_dt) when
+Under `accelerate launch --multi_gpu --num_processes N scripts/evaluate.py ...` (`--multi_gpu` on a CPU-only
+machine too: without it accelerate starts one process) the samples are shared among N processes (sample i on
+process i % N; `dynamite_hf.sharding`) and the main process writes the same files as a one-process run: the same numbers for single-instance runs and the deterministic strategies (best, worst, wlb, max_dt) when
 the processes compute on the CPU; only the timings differ. `random` and `round_robin` draw from one random
 stream over the whole run, which processes cannot share: a sharded run of them needs --allow-sharded-random and
 gives other numbers (one stream per process, each seeded 123456 + seed-id, so they depend on N).

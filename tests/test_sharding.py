@@ -3,6 +3,8 @@ equal a run over all items (the two-process runs are in test_evaluate_script.py 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_evaluation import samples
@@ -13,6 +15,7 @@ from dynamite_hf.evaluation import (
     multi_instance_metrics,
     single_instance_metrics,
 )
+from dynamite_hf.evaluation.obedience import evaluate_instance_separation, evaluate_obedience, per_sample
 from dynamite_hf.sharding import ProcessGroup, merge_in_order, run_sharded
 
 
@@ -79,6 +82,17 @@ def test_multi_instance_shares_merge_into_the_one_process_result(strategy) -> No
         whole.interactions,
     )
     assert without_timings(multi_instance_metrics(merged)) == without_timings(multi_instance_metrics(whole))
+
+
+def test_obedience_shares_merge_into_the_one_process_result() -> None:
+    items = samples(count=5, objects=2)
+    for evaluate in (
+        lambda share: evaluate_obedience(Shrinking(), share, num_clicks=4, progress=False),
+        lambda share: evaluate_instance_separation(Shrinking(), share, progress=False),
+    ):
+        whole, merged = evaluate(items), sharded(evaluate, items, 2)
+        assert len({json.dumps(v) for v in per_sample(whole).values()}) > 1
+        assert list(per_sample(merged).items()) == list(per_sample(whole).items())
 
 
 def test_list_results_merge_in_item_order_and_other_results_are_refused() -> None:
