@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,3 +39,15 @@ def launch(target: list[str], num_processes: int = 2, check: bool = True) -> sub
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """This process computes with one thread, as each launched process does (`OMP_NUM_THREADS=1`): the one-process
+    run a test compares with is then made under the same conditions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

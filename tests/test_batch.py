@@ -85,8 +85,7 @@ def test_two_images_with_one_stem_are_refused(tmp_path) -> None:
 def test_two_processes_write_the_files_one_process_writes(model_dir, tmp_path, capsys) -> None:
     """Five images (an odd count: the shares differ in size) segmented under accelerate launch with two CPU
     processes: every file equals a one-process run's, and the summary is printed once, in image order."""
-    import torch
-    from accelerate_launch import launch
+    from accelerate_launch import launch, one_thread
 
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
@@ -98,12 +97,8 @@ def test_two_processes_write_the_files_one_process_writes(model_dir, tmp_path, c
         entries.append({"image": f"images/{index}.png", "clicks": clicks})
     (tmp_path / "clicks.json").write_text(json.dumps({"images": entries}))
     arguments = ["--model", str(model_dir), "--clicks", str(tmp_path / "clicks.json")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process (OMP_NUM_THREADS=1)
-    try:
+    with one_thread():
         main([*arguments, "--output", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
     run = launch(["-m", "dynamite_hf.batch", *arguments, "--output", str(tmp_path / "two")])
 
     def files(root):

@@ -121,17 +121,12 @@ def _without_timings(output: Path) -> tuple[str, list[list[str]]]:
     ("mode", "strategy", "per_sample"), [("single", "random", "samples"), ("multi", "worst", "final_ious")]
 )
 def test_two_processes_write_what_one_process_writes(five_images, tmp_path, mode, strategy, per_sample) -> None:
-    import torch
-    from accelerate_launch import launch
+    from accelerate_launch import launch, one_thread
 
     arguments = ["--model", str(five_images / "model"), "--dataset", "folder", "--data-root", str(five_images / "data")]
     arguments += ["--mode", mode, "--strategy", strategy, "--max-clicks", "4", "--iou-threshold", "0.5"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process (OMP_NUM_THREADS=1)
-    try:
+    with one_thread():
         evaluate_main([*arguments, "--output", str(tmp_path / "one")])
-    finally:
-        torch.set_num_threads(threads)
     run = launch([str(SCRIPT), *arguments, "--output", str(tmp_path / "two")])
 
     assert "(2 processes)" in run.stderr  # the main process's bar counts the samples of both
@@ -156,3 +151,15 @@ def test_sharded_random_strategies_need_opting_in(folder_dataset, monkeypatch, c
             evaluate_main([*arguments, "--mode", "multi", "--strategy", strategy])
         error = capsys.readouterr().err
         assert f"--strategy {strategy} draws from one random stream" in error and "--allow-sharded-random" in error
+
+
+@pytest.mark.slow
+def test_a_sharded_random_run_runs_when_opted_in_and_says_how_its_stream_differs(five_images, tmp_path) -> None:
+    from accelerate_launch import launch
+
+    arguments = ["--model", str(five_images / "model"), "--dataset", "folder", "--data-root", str(five_images / "data")]
+    arguments += ["--mode", "multi", "--strategy", "round_robin", "--iou-threshold", "0.5", "--allow-sharded-random"]
+    launch([str(SCRIPT), *arguments, "--output", str(tmp_path / "two")])
+    report = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert list(report["final_ious"]) == [f"img{index}" for index in range(5)] and report["metrics"]["images"] == 5
+    assert "one per process (2 processes" in report["random_stream"]
