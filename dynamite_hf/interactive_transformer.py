@@ -200,6 +200,10 @@ class DynamiteEncoderLayer(nn.Module):
 class DynamiteDecoderLayer(nn.Module):
     """Reverse cross-attention: every stride-4 pixel attends to the queries; then an FFN."""
 
+    # Which attention to compute: None picks per call by size (below); an exported graph, whose query count is
+    # symbolic, pins one (both are the same function).
+    use_few_keys_attention: bool | None = None
+
     def __init__(self, dim: int, num_heads: int, ffn_dim: int) -> None:
         super().__init__()
         self.cross_attention = DynamiteCrossAttentionLayer(dim, num_heads)
@@ -235,7 +239,10 @@ class DynamiteDecoderLayer(nn.Module):
         `query_keys` (queries + query positions) and `query_values` (queries), `(batch, num_queries, dim)`."""
         cross = self.cross_attention
         attention = cross.attention
-        if attention.num_heads * query_keys.shape[1] < pixels.shape[-1]:
+        few_keys = self.use_few_keys_attention
+        if few_keys is None:
+            few_keys = attention.num_heads * query_keys.shape[1] < pixels.shape[-1]
+        if few_keys:
             attended = self._attend_few_keys(pixel_inputs, query_keys, query_values)
         else:
             attended = attention(pixel_inputs, query_keys, query_values)

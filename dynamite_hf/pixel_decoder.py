@@ -230,9 +230,11 @@ class DynamitePixelDecoder(nn.Module):
     def _reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
         points = []
         for height, width in spatial_shapes:
+            # Pixel centres 0.5, 1.5, ... (exact in float32, as linspace(0.5, n - 0.5, n) gives them); arange
+            # keeps the size symbolic in an exported graph.
             ref_y, ref_x = torch.meshgrid(
-                torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=device),
-                torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=device),
+                torch.arange(height, dtype=torch.float32, device=device) + 0.5,
+                torch.arange(width, dtype=torch.float32, device=device) + 0.5,
                 indexing="ij",
             )
             points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
@@ -276,7 +278,10 @@ class DynamitePixelDecoder(nn.Module):
             to_fuse = outputs[::-1][1:4]
             fused = self.refine[0](to_fuse[0])
             for conv, feature in zip(self.refine[1:], to_fuse[1:]):
-                factor = fused.shape[-1] // feature.shape[-1]
-                fused = fused + F.interpolate(conv(feature), scale_factor=factor, mode="bilinear", align_corners=False)
+                # Upsampled by an exact power of 2 (the padded size is a multiple of 32); given as a size rather
+                # than a scale factor (the same coordinates), so that an exported graph keeps symbolic sizes.
+                fused = fused + F.interpolate(
+                    conv(feature), size=fused.shape[-2:], mode="bilinear", align_corners=False
+                )
             finest = F.interpolate(fused, size=finest.shape[-2:], mode="bilinear", align_corners=False) + finest
         return self.mask_projection(finest), multi_scale_features
