@@ -37,7 +37,7 @@ class DynamitePredictor:
     """Interactive multi-instance segmentation of one image at a time.
 
     Args:
-        model: a `DynamiteModel` (put in eval mode here).
+        model: a `DynamiteModel` (put in eval mode here), or an `OnnxDynamiteModel` (`dynamite_hf.onnx_backend`).
         processor: the matching `DynamiteImageProcessor` (default: built from the model's config).
     """
 
@@ -57,7 +57,7 @@ class DynamitePredictor:
         """
         loaded = load_image(image, self.processor.max_image_pixels)
         inputs = self.processor.preprocess(loaded)
-        device = next(self.model.parameters()).device
+        device = self.model.device
         with torch.inference_mode():
             features = self.model.get_image_features(inputs["pixel_values"].to(device))
         self._image = loaded
