@@ -189,12 +189,14 @@ def export_onnx(
         program.model.metadata_props.update({"dynamite_export_id": export_id, "dynamite_role": role})
         program.save(str(paths[role]))
 
-    decoder_layers = list(model.interactive_transformer.decoder_layers)
+    # Forms of the same functions that export well: the decoder attention pinned to the few-keys form (the query
+    # count is symbolic in the graph; it is the faster form for the usual number of clicks), and the deformable
+    # attention by grid_sample (ONNX GridSample; embedding_bag becomes a slow loop).
+    pins = [(layer, "use_few_keys_attention", True) for layer in model.interactive_transformer.decoder_layers]
+    pins += [(module, "use_grid_sample", True) for module in model.modules() if hasattr(module, "use_grid_sample")]
     try:
-        # The query count is symbolic in the graph: pin the decoder's attention to the few-keys form, the faster
-        # one for the usual number of clicks (both are the same function; see DynamiteDecoderLayer).
-        for layer in decoder_layers:
-            layer.use_few_keys_attention = True
+        for module, name, value in pins:
+            setattr(module, name, value)
         with torch.no_grad():
             features = features_to_tensors(model.get_image_features(pixel_values))
             encoder = torch.onnx.export(
@@ -221,8 +223,8 @@ def export_onnx(
             )
             save(decoder, "click_decoder")
     finally:
-        for layer in decoder_layers:
-            layer.use_few_keys_attention = None
+        for module, name, _ in pins:
+            delattr(module, name)  # back to the class default
 
     metadata = {
         "format": FORMAT_NAME,

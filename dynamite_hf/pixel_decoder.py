@@ -91,8 +91,38 @@ def multi_scale_deformable_attention(
     return output.view(batch, num_queries, num_heads * head_dim)
 
 
+def multi_scale_deformable_attention_by_grid_sample(
+    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """`multi_scale_deformable_attention` as the original computes it: one `grid_sample` per level, then the
+    attention-weighted sum of the samples (the same function up to float rounding; same arguments and output).
+
+    It builds the `(batch * heads, head_dim, queries, levels * points)` stack of samples, but maps to ONNX's
+    `GridSample`, where `embedding_bag` has no fast ONNX form: exported graphs use this one.
+    """
+    batch, _, num_heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    level_values = value.split([height * width for height, width in spatial_shapes], dim=1)
+    grids = 2 * sampling_locations - 1
+    samples = []
+    for level, (height, width) in enumerate(spatial_shapes):
+        # (batch, h * w, heads, head_dim) -> (batch * heads, head_dim, h, w); grid (batch * heads, queries, points, 2)
+        level_value = level_values[level].flatten(2).transpose(1, 2).reshape(batch * num_heads, head_dim, height, width)
+        level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(
+            F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
+    stacked = torch.stack(samples, dim=-2).flatten(-2)  # (batch * heads, head_dim, queries, levels * points)
+    weights = attention_weights.transpose(1, 2).reshape(batch * num_heads, 1, num_queries, num_levels * num_points)
+    output = (stacked * weights).sum(-1).view(batch, num_heads * head_dim, num_queries)
+    return output.transpose(1, 2)
+
+
 class DynamiteMultiscaleDeformableAttention(nn.Module):
     """Multi-scale deformable self-attention of Deformable DETR (one query per pixel of every level)."""
+
+    # Exported graphs sample with grid_sample (see multi_scale_deformable_attention_by_grid_sample).
+    use_grid_sample: bool = False
 
     def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int) -> None:
         super().__init__()
@@ -139,8 +169,12 @@ class DynamiteMultiscaleDeformableAttention(nn.Module):
             [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
         )  # xy order
         locations = reference_points + offsets / normalizer[None, None, None, :, None, :]
-        output = multi_scale_deformable_attention(value, spatial_shapes, locations, weights)
-        return self.output_proj(output)
+        attend = (
+            multi_scale_deformable_attention_by_grid_sample
+            if self.use_grid_sample
+            else multi_scale_deformable_attention
+        )
+        return self.output_proj(attend(value, spatial_shapes, locations, weights))
 
 
 class DynamiteDeformableEncoderLayer(nn.Module):
