@@ -127,6 +127,18 @@ class PredictorCache:
                 self._sessions.popitem(last=False)
         return result[1]
 
+    def warm_up(self, session: str, state: SessionState) -> None:
+        """One throwaway click prediction on the session's cached features (a click at the image's centre), so
+        that the user's first click does not pay for the per-click path's first run on this image size (large
+        buffers allocated and mapped the first time: measured about 2x a later click)."""
+        with self._lock:
+            entry = self._sessions.get(session)
+        if entry is None or entry.image_key != state.image_key:
+            return
+        height, width = state.image.shape[:2]
+        with self._model_lock:
+            entry.predictor.preview_label_map([Click(0, height / 2, width / 2, 0)], state.display.shape[:2])
+
 
 def example_images(folder: Path) -> list[str]:
     """A few generated example scenes (no image files ship with the package)."""
@@ -186,6 +198,7 @@ class DynamiteApp:
         state = SessionState(image=image, image_key=uuid.uuid4().hex, display=display)
         start = time.perf_counter()
         self.cache.label_map(session, state, display.shape[:2])
+        self.cache.warm_up(session, state)
         seconds = time.perf_counter() - start
         return state, f"Image {image.shape[1]}x{image.shape[0]} ready ({seconds:.2f} s for the image features).{notice}"
 
@@ -419,10 +432,16 @@ def build_demo(app: DynamiteApp):
             return paths or None, message
 
         upload.change(on_upload, [state, upload, *look], outputs, api_name="upload")
-        canvas.select(on_select, [state, background, *look], outputs, api_name=False)
+        # A click answers in about 0.1 s: a small spinner, not the full overlay that greys the image out and that
+        # the page keeps animating (CPU the browser shares with the app on a small machine).
+        canvas.select(on_select, [state, background, *look], outputs, api_name=False, show_progress="minimal")
         row_input, col_input = gr.Number(visible=False), gr.Number(visible=False)
         gr.Button(visible=False).click(
-            on_api_click, [state, row_input, col_input, background, *look], outputs, api_name="click"
+            on_api_click,
+            [state, row_input, col_input, background, *look],
+            outputs,
+            api_name="click",
+            show_progress="minimal",
         )
         add_button.click(action(app.add_instance), [state, *look], outputs, api_name="add_instance")
         undo_button.click(action(app.undo), [state, *look], outputs, api_name="undo")
@@ -430,6 +449,6 @@ def build_demo(app: DynamiteApp):
         reset_button.click(action(app.reset), [state, *look], outputs, api_name="reset")
         instance.input(on_instance, [state, instance, *look], outputs, api_name="select_instance")
         for control in look:
-            control.change(on_look, [state, *look], outputs, api_name=False)
+            control.change(on_look, [state, *look], outputs, api_name=False, show_progress="minimal")
         export_button.click(on_export, [state], [files, status], api_name="export")
     return demo
