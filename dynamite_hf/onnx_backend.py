@@ -341,6 +341,9 @@ class OnnxDynamiteModel:
             )
         config = DynamiteConfig.from_dict(metadata["config"])
         options = onnxruntime.SessionOptions()
+        # onnxruntime's workers otherwise spin after each run, taking the cores from the PyTorch resize and fusion
+        # that follow a click (measured: a whole click up to 7x as long as its logits on 2 loaded cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if num_threads is not None:
             options.intra_op_num_threads = num_threads
         providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
