@@ -230,3 +230,9 @@ def test_missing_input_names_are_listed(mobilenet, tmp_path) -> None:
 
 def _export_dir(models):
     return models[1].directory
+
+
+def test_a_backbone_the_export_does_not_support_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="backbone_type 'swin'.*does not support"):
+        export_onnx(tiny_model("swin_tiny"), tmp_path)
+    assert not any(tmp_path.iterdir())
