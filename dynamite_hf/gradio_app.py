@@ -127,18 +127,6 @@ class PredictorCache:
                 self._sessions.popitem(last=False)
         return result[1]
 
-    def warm_up(self, session: str, state: SessionState) -> None:
-        """One throwaway click prediction on the session's cached features (a click at the image's centre), so
-        that the user's first click does not pay for the per-click path's first run on this image size (large
-        buffers allocated and mapped the first time: measured about 2x a later click)."""
-        with self._lock:
-            entry = self._sessions.get(session)
-        if entry is None or entry.image_key != state.image_key:
-            return
-        height, width = state.image.shape[:2]
-        with self._model_lock:
-            entry.predictor.preview_label_map([Click(0, height / 2, width / 2, 0)], state.display.shape[:2])
-
 
 def example_images(folder: Path) -> list[str]:
     """A few generated example scenes (no image files ship with the package)."""
@@ -198,7 +186,6 @@ class DynamiteApp:
         state = SessionState(image=image, image_key=uuid.uuid4().hex, display=display)
         start = time.perf_counter()
         self.cache.label_map(session, state, display.shape[:2])
-        self.cache.warm_up(session, state)
         seconds = time.perf_counter() - start
         return state, f"Image {image.shape[1]}x{image.shape[0]} ready ({seconds:.2f} s for the image features).{notice}"
 

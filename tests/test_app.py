@@ -216,27 +216,3 @@ def test_remove_instance_in_the_app_renumbers_like_the_predictor(tmp_path) -> No
     assert "Removed instance 2" in message
     state, _ = app.undo(state)
     assert [c.instance for c in state.clicks] == [0, 1, 2]
-
-
-def test_upload_warms_the_click_path_without_touching_the_session(tmp_path, monkeypatch) -> None:
-    """Loading an image runs one throwaway click prediction (so the first real click is not the slow one),
-    and leaves the session's clicks, cached results and later masks as they would be without it."""
-    model = tiny_model()
-    app = DynamiteApp(model, "tiny")
-    calls = []
-    original = DynamitePredictor.preview_label_map
-    monkeypatch.setattr(
-        DynamitePredictor,
-        "preview_label_map",
-        lambda self, clicks, size: calls.append(list(clicks)) or original(self, clicks, size),
-    )
-    state, _ = app.load(SessionState(), write_image(tmp_path, 5), "s")
-    # The preview of no clicks, then the warm-up click.
-    assert [len(clicks) for clicks in calls] == [0, 1] and calls[1][0].instance == 0
-    assert state.clicks == [] and state.history == [[]]
-    entry = app.cache._sessions["s"]
-    assert list(entry.results) == [state.display.shape[:2]] and entry.results[state.display.shape[:2]][0] == ()
-    state, _ = app.click(state, 20, 30, False, "s")
-    files, _ = app.export(state, "s")
-    exported = np.asarray(Image.open(next(f for f in files if f.endswith("label_map.png"))))
-    assert np.array_equal(exported, expected_label_map_from(model, state))
