@@ -135,6 +135,10 @@ def run_sharded(
     bar.close()
     gathered = [None] * processes.size if processes.is_main else None
     dist.gather_object((positions, result), gathered, dst=0)
+    # An orderly end: without it, a process leaving while the main one still held the store's threads sometimes
+    # aborted the main process at exit ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
     return merge_in_order(gathered) if processes.is_main else None
 
 
