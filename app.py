@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from dynamite_hf.gradio_app import DEFAULT_MAX_SESSIONS, DynamiteApp, build_demo, load_app_model
+from dynamite_hf.gradio_app import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS, DynamiteApp, build_demo, load_app_model
 from dynamite_hf.runtime import tune_cpu_allocator
 
 
@@ -25,10 +25,16 @@ def main(argv: list[str] | None = None) -> None:
         default=int(os.environ.get("DYNAMITE_MAX_SESSIONS", DEFAULT_MAX_SESSIONS)),
         help="sessions whose image features stay cached (least recently used evicted first)",
     )
+    parser.add_argument(
+        "--max-cache-mb",
+        type=int,
+        default=int(os.environ.get("DYNAMITE_MAX_CACHE_MB", DEFAULT_MAX_CACHE_MB)),
+        help="megabytes of cached image features across sessions (least recently used evicted first)",
+    )
     args = parser.parse_args(argv)
     tune_cpu_allocator()
     model, label = load_app_model(args.model)
-    demo = build_demo(DynamiteApp(model, label, args.max_sessions))
+    demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb))
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
 
 

@@ -38,6 +38,9 @@ MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to c
 # images are enlarged (nearest neighbour) so they can be clicked. Exports stay at the image's own size.
 DISPLAY_SIDES = (512, 1024)
 DEFAULT_MAX_SESSIONS = 8
+# Bytes of cached image features (and label maps) across sessions: the CPU model's features of a 2-MP photo
+# take about 46 MB, a converted Swin-L's at 800x1216 several hundred.
+DEFAULT_MAX_CACHE_MB = 2048
 
 
 def display_size(height: int, width: int) -> tuple[int, int]:
@@ -86,18 +89,37 @@ class _CachedSession:
     # or radius change, or exporting twice, costs no prediction. Two sizes at most, so memory stays bounded.
     results: dict[tuple[int, int] | None, tuple[tuple[Click, ...], np.ndarray]] = field(default_factory=dict)
 
+    def nbytes(self) -> int:
+        return self.predictor.nbytes() + sum(label_map.nbytes for _, label_map in self.results.values())
+
 
 class PredictorCache:
-    """At most `max_sessions` predictors (cached image features), least recently used evicted first."""
+    """At most `max_sessions` predictors (cached image features) holding at most `max_bytes` together, least
+    recently used evicted first. The session being served is always kept, even alone over `max_bytes`."""
 
-    def __init__(self, model: DynamiteModel, processor: DynamiteImageProcessor, max_sessions: int) -> None:
-        self.model, self.processor, self.max_sessions = model, processor, max_sessions
+    def __init__(
+        self,
+        model: DynamiteModel,
+        processor: DynamiteImageProcessor,
+        max_sessions: int,
+        max_bytes: int = DEFAULT_MAX_CACHE_MB * 2**20,
+    ) -> None:
+        for name, value in (("max_sessions", max_sessions), ("max_bytes", max_bytes)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        self.model, self.processor = model, processor
+        self.max_sessions, self.max_bytes = max_sessions, max_bytes
         self._sessions: OrderedDict[str, _CachedSession] = OrderedDict()
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # one forward pass at a time: 2 cores, and torch threads are shared
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached sessions' image features and label maps."""
+        with self._lock:
+            return sum(entry.nbytes() for entry in self._sessions.values())
 
     def label_map(self, session: str, state: SessionState, size: tuple[int, int] | None = None) -> np.ndarray:
         """The label map of `state`'s clicks, reusing or rebuilding the session's cached features: at `size`, the
@@ -123,8 +145,11 @@ class PredictorCache:
             entry.results[size] = result
         with self._lock:
             self._sessions[session] = entry
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            sizes = {key: cached.nbytes() for key, cached in self._sessions.items()}
+            total = sum(sizes.values())
+            while len(self._sessions) > 1 and (len(self._sessions) > self.max_sessions or total > self.max_bytes):
+                evicted, _ = self._sessions.popitem(last=False)
+                total -= sizes[evicted]
         return result[1]
 
 
@@ -153,11 +178,19 @@ def example_images(folder: Path) -> list[str]:
 class DynamiteApp:
     """The app's logic, independent of the widgets (so it can be tested and reused)."""
 
-    def __init__(self, model: DynamiteModel, model_label: str, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+    def __init__(
+        self,
+        model: DynamiteModel,
+        model_label: str,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_cache_mb: int = DEFAULT_MAX_CACHE_MB,
+    ) -> None:
+        if not isinstance(max_cache_mb, int) or max_cache_mb < 1:
+            raise ValueError(f"`max_cache_mb` must be a positive integer (megabytes), got {max_cache_mb!r}")
         self.model = model.eval()
         self.model_label = model_label
         self.processor = DynamiteImageProcessor.from_config(model.config)
-        self.cache = PredictorCache(self.model, self.processor, max_sessions)
+        self.cache = PredictorCache(self.model, self.processor, max_sessions, max_cache_mb * 2**20)
         self.export_root = Path(tempfile.mkdtemp(prefix="dynamite-exports-"))
 
     # -- actions: each takes the session state and returns (state, message) ------------------------------

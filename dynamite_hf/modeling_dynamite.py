@@ -44,6 +44,20 @@ class DynamiteImageFeatures(ModelOutput):
     memory: DynamiteTransformerMemory | None = None
     padded_size: tuple[int, int] | None = None
 
+    def nbytes(self) -> int:
+        """Bytes held by these features (each tensor storage counted once): what caching one image costs."""
+        tensors = [self.mask_features, *(self.multi_scale_features or ())]
+        if self.memory is not None:
+            memory = self.memory
+            tensors += [*memory.encoder_keys, *memory.encoder_values, *(memory.level_mask_features or ())]
+            tensors += [memory.decoder_pixel_position, memory.decoder_first_inputs]
+        storages = {}
+        for tensor in tensors:
+            if tensor is not None:
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+        return sum(storages.values())
+
 
 @dataclass
 class DynamiteModelOutput(ModelOutput):

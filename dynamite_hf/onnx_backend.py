@@ -202,7 +202,10 @@ def export_onnx(
     # Forms of the same functions that export well: the decoder attention pinned to the few-keys form (the query
     # count is symbolic in the graph; it is the faster form for the usual number of clicks), and the deformable
     # attention by grid_sample (ONNX GridSample; embedding_bag becomes a slow loop).
-    pins = [(layer, "use_few_keys_attention", True) for layer in model.interactive_transformer.decoder_layers]
+    layers = model.interactive_transformer.decoder_layers
+    pins = [(layer, "use_few_keys_attention", True) for layer in layers] + [
+        (layer, "key_multiple", 1) for layer in layers
+    ]
     pins += [(module, "use_grid_sample", True) for module in model.modules() if hasattr(module, "use_grid_sample")]
     try:
         for module, name, value in pins:

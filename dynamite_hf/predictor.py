@@ -76,6 +76,13 @@ class DynamitePredictor:
         self._require_image()
         return self._features
 
+    def nbytes(self) -> int:
+        """Bytes this predictor holds: the image, its cached features and the label maps of the undo history."""
+        if self._features is None:
+            return 0
+        history = sum(state.label_map.nbytes for state in self._history)
+        return self._image.nbytes + self._features.nbytes() + history
+
     # -- clicks -------------------------------------------------------------------------------------------
     @property
     def clicks(self) -> list[Click]:

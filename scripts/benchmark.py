@@ -8,6 +8,11 @@ Per preset: the median time of the per-image stage (backbone + pixel decoder + c
 and of one click (interactive transformer + post-processing to the full input resolution) with 2, 5 and 10
 instances (one click each, plus one background click), and the peak resident memory of the process. Each
 preset runs in its own process so that its peak memory is its own.
+
+A second table puts the times against this machine's fp32 GEMM rate, measured in the same process before and
+after the stages on the decoder FFN's own shapes (every stride-4 pixel x hidden_dim x decoder_ffn_dim, both
+ways). Each stage's FLOPs are counted with `torch.utils.flop_counter` (matrix products and convolutions), and
+the fraction of the GEMM rate a stage reaches is the figure to track: absolute times drift on shared machines.
 """
 
 from __future__ import annotations
@@ -18,6 +23,31 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+def gemm_rate(rows: int, dim: int, ffn_dim: int, repeats: int = 5) -> float:
+    """GFLOP/s of fp32 `torch.matmul` on the decoder FFN's shapes, `(rows, dim) @ (dim, ffn_dim)` and back."""
+    import torch
+
+    x, w1, w2 = torch.randn(rows, dim), torch.randn(dim, ffn_dim), torch.randn(ffn_dim, dim)
+    hidden, output = torch.empty(rows, ffn_dim), torch.empty(rows, dim)
+    flops = 2 * 2 * rows * dim * ffn_dim
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        torch.matmul(x, w1, out=hidden)
+        torch.matmul(hidden, w2, out=output)
+        times.append(time.perf_counter() - start)
+    return flops / statistics.median(times[1:]) / 1e9
+
+
+def counted_flops(function) -> int:
+    """FLOPs of the matrix products and convolutions `function()` runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
 
 
 def measure(preset: str, height: int, width: int, repeats: int, threads: int) -> dict:
@@ -44,9 +74,13 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int) ->
             times.append(time.perf_counter() - start)
         return statistics.median(times), result
 
+    config = model.config
+    probe = (padded[0] // 4 * padded[1] // 4, config.hidden_dim, config.decoder_ffn_dim)
     with torch.inference_mode():
+        gemm_before = gemm_rate(*probe)
         model.get_image_features(pixel_values)  # warm-up
         image_seconds, features = timed(lambda: model.get_image_features(pixel_values), repeats)
+        flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
         click_seconds = {}
         for instances in (2, 5, 10):
             clicks = [
@@ -59,6 +93,8 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int) ->
 
             run()  # warm-up
             click_seconds[instances], _ = timed(run, repeats)
+            flops[f"click_{instances}"] = counted_flops(run)
+        gemm_after = gemm_rate(*probe)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "preset": preset,
@@ -66,8 +102,27 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int) ->
         "image_s": image_seconds,
         "click_s": click_seconds,
         "peak_mb": peak_mb,
+        "features_mb": features.nbytes() / 2**20,
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "gflop": {stage: count / 1e9 for stage, count in flops.items()},
+        "gemm_gflops": [gemm_before, gemm_after],
     }
+
+
+def rate_row(result: dict) -> str:
+    """A row of the compute-rate table: per stage GFLOP, GFLOP/s and the fraction of the GEMM rate."""
+    gemm = statistics.mean(result["gemm_gflops"])
+    seconds = {"image": result["image_s"], **{f"click_{k}": v for k, v in result["click_s"].items()}}
+    cells = []
+    for stage in ("image", "click_2", "click_5", "click_10"):
+        gflop = result["gflop"][stage]
+        cells.append(f"{gflop:.1f} / {gflop / seconds[stage]:.0f} / {gflop / seconds[stage] / gemm:.2f}")
+    before, after = result["gemm_gflops"]
+    return (
+        f"| {result['preset']} | {result['size']} | {before:.0f} / {after:.0f} | "
+        + " | ".join(cells)
+        + f" | {result['features_mb']:.0f} |"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +162,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{clicks['2']:.3f} | {clicks['5']:.3f} | {clicks['10']:.3f} | {result['peak_mb']:.0f} |",
             flush=True,
         )
+    print()
+    print(
+        "| preset | input | GEMM GFLOP/s before / after | per image: GFLOP / GFLOP/s / of GEMM | "
+        "click, 2 inst | 5 inst | 10 inst | one image's features (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for result in results:
+        print(rate_row(result))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -195,6 +195,30 @@ def test_predictor_cache_is_bounded_and_rebuilds_the_same_result(tmp_path) -> No
     assert np.array_equal(first, expected_label_map_from(model, states[0]))
 
 
+def test_predictor_cache_is_bounded_by_bytes_and_keeps_the_session_it_serves(tmp_path) -> None:
+    model = tiny_model()
+    app = DynamiteApp(model, "tiny", max_sessions=8)
+    state, _ = app.load(SessionState(), write_image(tmp_path, 0), "probe")
+    one_session = app.cache.nbytes()
+    features = app.cache._sessions["probe"].predictor.image_features
+    assert one_session > features.nbytes() > features.mask_features.nbytes  # image, features, label maps
+
+    cache = PredictorCache(model, app.processor, max_sessions=8, max_bytes=int(2.5 * one_session))
+    states = [app.load(SessionState(), write_image(tmp_path, seed), "probe")[0] for seed in range(4)]
+    for seed, state in enumerate(states):
+        cache.label_map(f"s{seed}", state, state.display.shape[:2])
+    assert list(cache._sessions) == ["s2", "s3"]  # two fit in 2.5 sessions' bytes; the oldest went first
+    assert cache.nbytes() <= cache.max_bytes
+
+    alone = PredictorCache(model, app.processor, max_sessions=8, max_bytes=one_session // 2)
+    for seed, state in enumerate(states[:2]):
+        alone.label_map(f"s{seed}", state, state.display.shape[:2])
+    assert list(alone._sessions) == ["s1"]  # over the budget alone, but the session being served stays
+
+    with pytest.raises(ValueError, match="max_cache_mb.*got 0"):
+        DynamiteApp(model, "tiny", max_cache_mb=0)
+
+
 def expected_label_map_from(model, state) -> np.ndarray:
     predictor = DynamitePredictor(model)
     predictor.set_image(state.image)

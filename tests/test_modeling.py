@@ -74,15 +74,39 @@ def test_cached_features_give_the_same_output_as_the_full_pass() -> None:
     assert torch.equal(cached.label_maps[0], full.label_maps[0])
 
 
-def test_few_key_and_standard_decoder_attention_agree() -> None:
-    """The reassociated decoder attention (used while heads x queries < dim) is the same function."""
+def test_image_features_count_the_bytes_of_each_tensor_once() -> None:
+    model = tiny_model()
+    with torch.inference_mode():
+        features = model.get_image_features(torch.randn(1, 3, 64, 96))
+    memory = features.memory
+    tensors = [features.mask_features, *features.multi_scale_features, *memory.encoder_keys]
+    tensors += [*memory.encoder_values, *memory.level_mask_features]
+    tensors += [memory.decoder_pixel_position, memory.decoder_first_inputs]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    # The pixel decoder's levels are views of one flattened tensor: its bytes count once.
+    assert len(storages) < len(tensors)
+    assert features.nbytes() == sum(storages.values())
+    assert features.nbytes() >= sum(t.numel() * t.element_size() for t in tensors[3:])
+    first_inputs = memory.decoder_first_inputs.untyped_storage().nbytes()
+    memory.decoder_first_inputs = features.mask_features.flatten(2).transpose(1, 2)  # a view: no new bytes
+    assert features.nbytes() == sum(storages.values()) - first_inputs
+
+
+@pytest.mark.parametrize("num_keys", [7, 16, 23])
+def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
+    """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
+    multiple of 16 or not, is the same function."""
     model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2)
     layer = model.interactive_transformer.decoder_layers[0]
-    pixels, keys, values = torch.randn(1, 50, 64), torch.randn(1, 7, 64), torch.randn(1, 7, 64)
+    pixels, keys, values = torch.randn(2, 50, 64), torch.randn(2, num_keys, 64), torch.randn(2, num_keys, 64)
     with torch.inference_mode():
-        fast = layer._attend_few_keys(pixels, keys, values)
+        padded = layer._attend_few_keys(pixels, keys, values)
+        layer.key_multiple = 1
+        unpadded = layer._attend_few_keys(pixels, keys, values)
         standard = layer.cross_attention.attention(pixels, keys, values)
-    torch.testing.assert_close(fast, standard, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded, unpadded, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(padded, standard, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_masks_predicted_at_the_levels_sizes_match_the_resized_stride_4_prediction() -> None:
@@ -99,6 +123,7 @@ def test_attention_masks_predicted_at_the_levels_sizes_match_the_resized_stride_
     torch.testing.assert_close(at_levels, resized, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_auxiliary, resized, rtol=0, atol=0)
     assert len(auxiliary) == len(model.interactive_transformer.encoder_layers) + 1
+
 
 def test_batch_of_images_with_different_click_counts_pads_like_the_original() -> None:
     model = tiny_model()
