@@ -177,6 +177,15 @@ class DynamiteModel(DynamitePreTrainedModel):
                 f"DynamiteImageProcessor), got {tuple(pixel_values.shape[-2:])}"
             )
 
+    def save_pretrained(self, *args, **kwargs):
+        parts = getattr(self, "int8_parts", ())
+        if parts:
+            raise ValueError(
+                f"this model has int8 layers (quantize_int8, parts {parts!r}) and cannot be saved: save the float32 "
+                "model and quantize after loading"
+            )
+        return super().save_pretrained(*args, **kwargs)
+
     def get_image_features(self, pixel_values: Tensor) -> DynamiteImageFeatures:
         """Run the per-image stage: backbone, pixel decoder and the click-independent projections.
 

@@ -50,7 +50,7 @@ def counted_flops(function) -> int:
     return counter.get_total_flops()
 
 
-def measure(preset: str, height: int, width: int, repeats: int, threads: int) -> dict:
+def measure(preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False) -> dict:
     import resource
 
     import torch
@@ -62,6 +62,10 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int) ->
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
+    if int8:
+        from dynamite_hf.quantization import quantize_int8
+
+        quantize_int8(model)
     divisor = model.config.size_divisibility
     padded = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
     pixel_values = torch.randn(1, 3, *padded)
@@ -97,7 +101,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int) ->
         gemm_after = gemm_rate(*probe)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "preset": preset,
+        "preset": preset + (" (int8)" if int8 else ""),
         "size": f"{height}x{width}",
         "image_s": image_seconds,
         "click_s": click_seconds,
@@ -133,13 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="800x1200", help="input HEIGHTxWIDTH before padding (default 800x1200)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the median is printed")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--int8", action="store_true", help="with the opt-in int8 FFN layers (dynamite_hf.quantization)"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     height, width = (int(v) for v in args.size.lower().split("x"))
 
     if args.child:
-        print(json.dumps(measure(args.presets[0], height, width, args.repeats, args.threads)))
+        print(json.dumps(measure(args.presets[0], height, width, args.repeats, args.threads, args.int8)))
         return
 
     results = []
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets:
         command = [sys.executable, __file__, "--child", "--presets", preset, "--size", args.size]
-        command += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
+        command += ["--repeats", str(args.repeats), "--threads", str(args.threads)] + ["--int8"] * args.int8
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             print(f"| {preset} | failed: {completed.stderr.strip().splitlines()[-1]} |")
@@ -169,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for result in results:
-        print(rate_row(result))
+        if args.int8:  # the flop counter does not see the quantized layers' products
+            print(f"| {result['preset']} | {result['size']} | not measured: int8 layers are not counted |")
+        else:
+            print(rate_row(result))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-size", type=pixel_count, help="inference resize: longest-edge cap (default: the config's)"
     )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="opt-in int8 FFN layers (dynamite_hf.quantization; CPU only): faster, masks change slightly",
+    )
     parser.add_argument("--output", default="evaluation_output")
     parser.add_argument(
         "--allow-sharded-random",
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
         model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
     model.to(processes.device)
+    if args.int8:
+        from dynamite_hf.quantization import quantize_int8
+
+        quantize_int8(model)
     processor = DynamiteImageProcessor.from_config(
         model.config,
         short_edge=args.short_edge or model.config.test_short_edge,

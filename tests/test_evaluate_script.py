@@ -21,22 +21,6 @@ def evaluate_main(argv):
     module.main(argv)
 
 
-@pytest.fixture
-def folder_dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    (tmp_path / "data" / "images").mkdir(parents=True)
-    (tmp_path / "data" / "masks").mkdir()
-    for name in ("a", "b"):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
-            tmp_path / "data" / "images" / f"{name}.jpg"
-        )
-        ids = np.zeros((48, 64), dtype=np.uint8)
-        ids[5:20, 5:30], ids[25:45, 30:60] = 1, 2
-        Image.fromarray(ids).save(tmp_path / "data" / "masks" / f"{name}.png")
-    tiny_model().save_pretrained(tmp_path / "model")
-    return tmp_path
-
-
 @pytest.mark.parametrize(("mode", "key"), [("single", "NoC@90"), ("multi", "NCI")])
 def test_evaluate_writes_table_json_and_plot(folder_dataset, mode, key, capsys) -> None:
     output = folder_dataset / f"out_{mode}"
