@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from .clicks import Click
 from .configuration_dynamite import DynamiteConfig
+from .feed_forward import ffn_in_chunks
 from .pixel_decoder import sine_position_encoding
 
 
@@ -160,6 +161,9 @@ class DynamiteSelfAttentionLayer(nn.Module):
 class DynamiteFeedForward(nn.Module):
     """Post-norm FFN block with ReLU."""
 
+    # Inference over row chunks (`ffn_in_chunks`); an exported graph, whose row count is symbolic, pins False.
+    chunked: bool = True
+
     def __init__(self, dim: int, ffn_dim: int) -> None:
         super().__init__()
         self.linear1 = nn.Linear(dim, ffn_dim)
@@ -171,10 +175,11 @@ class DynamiteFeedForward(nn.Module):
     def forward(self, hidden: Tensor) -> Tensor:
         if torch.is_grad_enabled():
             return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
-        # Inference: the same sums in place, which spares two full-size temporaries per layer (the decoder
-        # runs this over every stride-4 pixel).
-        output = self.linear2(self.linear1(hidden).relu_())
-        return self.norm(output.add_(hidden))
+        # Inference (the decoder runs this over every stride-4 pixel): the same sums in place, over row chunks,
+        # so that the (rows, ffn_dim) activation never exists whole.
+        if self.chunked:
+            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm)
+        return self.norm(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 
 class DynamiteEncoderLayer(nn.Module):

@@ -207,6 +207,7 @@ def export_onnx(
         (layer, "key_multiple", 1) for layer in layers
     ]
     pins += [(module, "use_grid_sample", True) for module in model.modules() if hasattr(module, "use_grid_sample")]
+    pins += [(module, "chunked", False) for module in model.modules() if hasattr(module, "chunked")]
     try:
         for module, name, value in pins:
             setattr(module, name, value)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .configuration_dynamite import DynamiteConfig
+from .feed_forward import ffn_in_chunks
 
 
 def sine_position_encoding(height: int, width: int, num_feats: int, device: torch.device) -> Tensor:
@@ -180,6 +181,8 @@ class DynamiteMultiscaleDeformableAttention(nn.Module):
 class DynamiteDeformableEncoderLayer(nn.Module):
     """Post-norm deformable self-attention + FFN (ReLU)."""
 
+    chunked: bool = True  # see DynamiteFeedForward.chunked
+
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int) -> None:
         super().__init__()
         self.self_attn = DynamiteMultiscaleDeformableAttention(dim, num_heads, num_levels, num_points)
@@ -195,8 +198,11 @@ class DynamiteDeformableEncoderLayer(nn.Module):
         if torch.is_grad_enabled():
             hidden = self.norm1(hidden + attended)
             return self.norm2(hidden + self.linear2(F.relu(self.linear1(hidden))))
-        # Inference: the same sums in place, sparing full-size temporaries (memory bandwidth is the limit here).
+        # Inference: the same sums in place, sparing full-size temporaries (memory bandwidth is the limit here),
+        # and the FFN over row chunks (`ffn_in_chunks`) unless pinned off for an exported graph.
         hidden = self.norm1(attended.add_(hidden))
+        if self.chunked:
+            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm2)
         return self.norm2(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 

@@ -92,6 +92,27 @@ def test_image_features_count_the_bytes_of_each_tensor_once() -> None:
     assert features.nbytes() == sum(storages.values()) - first_inputs
 
 
+def test_inference_ffns_over_row_chunks_give_the_unchunked_logits(monkeypatch) -> None:
+    """The pixel decoder's and the interactive transformer's FFNs run over chunks of rows in inference (their
+    wide activation never exists whole); a chunk size that splits every FFN must not change the logits."""
+    import dynamite_hf.feed_forward
+
+    model = tiny_model()
+    pixel_values = torch.randn(1, 3, 96, 128)
+    clicks = [clicks_two_instances()]
+    chunked_modules = [m for m in model.modules() if hasattr(m, "chunked")]
+    assert chunked_modules
+    with torch.inference_mode():
+        for module in chunked_modules:
+            module.chunked = False
+        whole = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+        for module in chunked_modules:
+            del module.chunked
+        monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", 7 * 64)  # 7 rows or fewer per chunk
+        chunked = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
 def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
     """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
