@@ -50,9 +50,30 @@ def counted_flops(function) -> int:
     return counter.get_total_flops()
 
 
-def measure(preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False) -> dict:
+def reset_peak_memory() -> None:
+    """Start the peak-RSS count afresh (Linux: `VmHWM` reset through /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's (ru_maxrss)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory since `reset_peak_memory` (Linux), else since the process started."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False) -> dict:
     import torch
 
     from dynamite_hf import Click, DynamiteConfig, DynamiteModel
@@ -82,10 +103,10 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
     probe = (padded[0] // 4 * padded[1] // 4, config.hidden_dim, config.decoder_ffn_dim)
     with torch.inference_mode():
         gemm_before = gemm_rate(*probe)
+        reset_peak_memory()  # the peak below is the stages', not the probe's
         model.get_image_features(pixel_values)  # warm-up
         image_seconds, features = timed(lambda: model.get_image_features(pixel_values), repeats)
-        flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
-        click_seconds = {}
+        runs, click_seconds = {}, {}
         for instances in (2, 5, 10):
             clicks = [
                 Click(k, (k + 0.5) * height / instances, (k + 0.5) * width / instances, k, "model")
@@ -97,9 +118,11 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
 
             run()  # warm-up
             click_seconds[instances], _ = timed(run, repeats)
-            flops[f"click_{instances}"] = counted_flops(run)
+            runs[f"click_{instances}"] = run
+        peak_mb = peak_memory_mb()
+        flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
+        flops.update({stage: counted_flops(run) for stage, run in runs.items()})
         gemm_after = gemm_rate(*probe)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "preset": preset + (" (int8)" if int8 else ""),
         "size": f"{height}x{width}",

@@ -1,0 +1,25 @@
+"""scripts/benchmark.py end to end on a small input: both tables and the JSON, with counted FLOPs and rates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(tmp_path) -> None:
+    output = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), "--presets", "mobilenet_v2", "--size", "64x96", "--repeats", "1"]
+    completed = subprocess.run(command + ["--threads", "1", "--json", str(output)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    (result,) = json.loads(output.read_text())
+    assert set(result["gflop"]) == {"image", "click_2", "click_5", "click_10"}
+    assert all(value > 0 for value in result["gflop"].values())
+    assert result["gflop"]["click_10"] > result["gflop"]["click_2"]  # more queries, more products
+    assert all(rate > 0 for rate in result["gemm_gflops"]) and 0 < result["features_mb"] < result["peak_mb"]
+    lines = completed.stdout.splitlines()
+    rate_rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
+    assert len(rate_rows) == 1 and rate_rows[0].count("/") >= 9  # GFLOP / GFLOP/s / fraction per stage
