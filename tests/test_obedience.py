@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_evaluate_script import evaluate_main, folder_dataset  # noqa: F401  (fixture)
+from test_evaluate_script import evaluate_main
 
 from dynamite_hf.clicks import Click
 from dynamite_hf.evaluation import EvaluationSample
