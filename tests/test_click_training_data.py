@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -140,8 +141,43 @@ def test_regions_source_from_a_saved_dataset(tmp_path) -> None:
         assert all(0.01 <= m.mean() <= 0.5 for m in masks)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_source(f"regions:{tmp_path / 'missing'}:3")
-    with pytest.raises(ValueError, match="regions takes 2-3"):
+    with pytest.raises(ValueError, match="regions takes 2-4"):
         read_source("regions:only")
+    with pytest.raises(ValueError, match="regions kind must be one of"):
+        read_source(f"regions:{tmp_path / 'photos'}:3:0:objects")
+
+
+def test_background_regions_keep_the_objects_whole_and_stay_off_them(tmp_path) -> None:
+    """`regions:...:background`: the photo's own objects come first, whole, and every region lies outside them
+    with a gap, so no target asks for part of an object."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        photos = build_dataset(textured_shapes(4, seed=5, size=160))
+        photos.save_to_disk(tmp_path / "photos")
+        dataset = build_dataset(read_source(f"regions:{tmp_path / 'photos'}:6:3:background"), cache_dir=str(tmp_path))
+    photo_masks = [[decode_rle(m) for m in row["masks"]] for row in photos]
+    assert len(dataset) >= 4
+    regions_seen = 0
+    for row in dataset:
+        masks = [decode_rle(m) for m in row["masks"]]
+        # The leading masks are exactly one photo's objects (160 px photos are not rescaled).
+        matches = [
+            objects
+            for objects in photo_masks
+            if len(objects) < len(masks) and all(np.array_equal(a, b) for a, b in zip(objects, masks))
+        ]
+        assert matches, "the photo's objects must be the first targets, whole"
+        objects, regions = masks[: len(matches[0])], masks[len(matches[0]) :]
+        assert 1 <= len(regions) <= 4
+        near = np.zeros(objects[0].shape, dtype=bool)
+        for mask in objects:
+            near |= mask
+        distance = cv2.distanceTransform((~near).astype(np.uint8), cv2.DIST_L2, 5)
+        for region in regions:
+            gap = float(distance[region].min())
+            assert gap > 4, f"a region comes within {gap:.1f} px of an object"
+            regions_seen += 1
+    assert regions_seen >= 4
 
 
 def test_split_components_separates_objects_and_drops_specks() -> None:

@@ -31,7 +31,7 @@ Sources (`read_source`):
 | `benchmark:<name>` | any `dynamite_hf.data.benchmarks` reader | the reader's objects |
 | `synthetic:COUNT[:SEED[:KIND]]` | generated (`dynamite_hf.training.synthetic`): `shapes`, or `parts` (objects of several touching parts) | each object |
 | `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` | generated from two saved datasets: pasted cut-outs | each pasted object |
-| `regions:PHOTOS:COUNT[:SEED]` | generated from a saved dataset's photos: colour-and-position clusters | 1-4 regions |
+| `regions:PHOTOS:COUNT[:SEED[:KIND]]` | generated from a saved dataset's photos: colour-and-position clusters, anywhere (`free`) or beside the photo's objects (`background`) | 1-4 regions (+ the objects) |
 """
 
 from __future__ import annotations
@@ -407,7 +407,8 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
       `clothing:ROOT`, `coco:ANNOTATIONS.json:IMAGES`, `benchmark:NAME:ROOT`;
     - generated (`dynamite_hf.training.synthetic`): `synthetic:COUNT[:SEED[:KIND]]` textured shapes or parts,
       `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema,
-      `regions:PHOTOS:COUNT[:SEED]` regions of the photos of a saved dataset as the targets.
+      `regions:PHOTOS:COUNT[:SEED[:KIND]]` regions of the photos of a saved dataset as the targets, anywhere
+      (`free`, the default) or only beside the photo's own objects, which stay targets whole (`background`).
     """
     kind, _, rest = spec.partition(":")
     parts = [p for p in rest.split(":") if p]
@@ -421,7 +422,7 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         "benchmark": (2, 2),
         "synthetic": (1, 3),
         "composite": (3, 4),
-        "regions": (2, 3),
+        "regions": (2, 4),
     }
     if kind not in expected:
         raise ValueError(f"source {spec!r}: unknown kind {kind!r}; expected one of {SOURCE_KINDS}")
@@ -444,10 +445,13 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
         seed = int(parts[3]) if len(parts) > 3 else 0
         return copy_paste_composites(_load_saved(paths[0]), _load_saved(paths[1]), _count(spec, parts[2]), seed)
     if kind == "regions":
-        from ..training.synthetic import photo_regions
+        from ..training.synthetic import REGION_KINDS, photo_regions
 
         seed = int(parts[2]) if len(parts) > 2 else 0
-        return photo_regions(_load_saved(paths[0]), _count(spec, parts[1]), seed)
+        region_kind = parts[3] if len(parts) > 3 else "free"
+        if region_kind not in REGION_KINDS:
+            raise ValueError(f"source {spec!r}: the regions kind must be one of {REGION_KINDS}, got {region_kind!r}")
+        return photo_regions(_load_saved(paths[0]), _count(spec, parts[1]), seed, kind=region_kind)
     if kind == "yolo":
         return read_yolo(paths[0], *(parts[1:] or []), prefix=paths[0].name)
     if kind == "folder":

@@ -278,17 +278,22 @@ def copy_paste_composites(
         yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.jpg", masks, image_bytes=_jpeg(image))
 
 
+REGION_KINDS = ("free", "background")
+
+
 def color_regions(
     image: np.ndarray,
     rng: np.random.Generator,
     max_regions: int = 4,
     min_fraction: float = 0.01,
     max_fraction: float = 0.5,
+    outside: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Up to `max_regions` disjoint regions of `image` (RGB uint8): the pixels are clustered by Lab colour and
     position into 3-10 groups (k-means on a sample, the clusters' count and the position's weight drawn from
     `rng`), lightly smoothed, and connected parts of one cluster covering `min_fraction`-`max_fraction` of the
-    image are candidates; a random subset of them is returned as bool masks (largest first)."""
+    image are candidates; a random subset of them is returned as bool masks (largest first). With `outside`
+    (a bool mask), regions are taken only from the pixels outside it."""
     height, width = image.shape[:2]
     lab = cv2.cvtColor(cv2.GaussianBlur(image, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -302,9 +307,11 @@ def color_regions(
     distances = ((features[:, None, :] - centres[None]) ** 2).sum(-1)
     labels = distances.argmin(1).reshape(height, width).astype(np.uint8)
     labels = cv2.medianBlur(labels, 5)  # drops specks and ragged edges
+    allowed = np.ones((height, width), dtype=bool) if outside is None else ~outside
     candidates = []
     for cluster in range(clusters):
-        count, components, stats, _ = cv2.connectedComponentsWithStats((labels == cluster).astype(np.uint8), 8)
+        members = ((labels == cluster) & allowed).astype(np.uint8)
+        count, components, stats, _ = cv2.connectedComponentsWithStats(members, 8)
         for component in range(1, count):
             fraction = stats[component, cv2.CC_STAT_AREA] / (height * width)
             if min_fraction <= fraction <= max_fraction:
@@ -318,24 +325,47 @@ def color_regions(
 
 
 def photo_regions(
-    photos_dataset, count: int, seed: int = 0, max_side: int = 512, prefix: str = "regions"
+    photos_dataset,
+    count: int,
+    seed: int = 0,
+    max_side: int = 512,
+    prefix: str = "regions",
+    kind: str = "free",
 ) -> Iterator[InstanceExample]:
-    """`count` examples: random photos of `photos_dataset` (rows of the instance schema; their own masks are not
-    used), scaled so the longer side is at most `max_side`, with `color_regions` as the instances. Example `i`
-    draws from `default_rng([seed, i])`; it is left out when the photo gives no region."""
+    """`count` examples: random photos of `photos_dataset` (rows of the instance schema) scaled so the longer side
+    is at most `max_side`, with `color_regions` as instances. `kind`:
+
+    - `free`: regions anywhere, the photo's own masks unused (a region may be part of an object);
+    - `background`: the photo's own objects whole, and regions only outside them (a 5 px band around the
+      objects left out), so a click on an object still means the whole object and a click beside it a region
+      of the background that saliency cannot guess.
+
+    Example `i` draws from `default_rng([seed, i])`; it is left out when the photo gives no region."""
     import datasets
 
+    if kind not in REGION_KINDS:
+        raise ValueError(f"photo_regions: kind must be one of {REGION_KINDS}, got {kind!r}")
     if len(photos_dataset) == 0:
         raise ValueError("photo_regions needs a non-empty photos dataset")
     photos_dataset = photos_dataset.cast_column("image", datasets.Image(decode=False))
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        photo, _ = _decode_row(photos_dataset[int(rng.integers(len(photos_dataset)))])
+        photo, objects = _decode_row(photos_dataset[int(rng.integers(len(photos_dataset)))])
         scale = max_side / max(photo.shape[:2])
         if scale < 1:
             size = (max(int(round(photo.shape[1] * scale)), 1), max(int(round(photo.shape[0] * scale)), 1))
             photo = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)
-        masks = color_regions(photo, rng)
+            objects = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0 for m in objects]
+        if kind == "free":
+            masks = color_regions(photo, rng)
+        else:
+            objects = [m for m in objects if m.any()]
+            taken = np.zeros(photo.shape[:2], dtype=np.uint8)
+            for mask in objects:
+                taken |= mask
+            band = cv2.dilate(taken, np.ones((11, 11), np.uint8)) > 0
+            regions = color_regions(photo, rng, outside=band)
+            masks = objects + regions if regions else []
         if masks:
             yield InstanceExample(f"{prefix}/{seed}_{index:06d}", f"{index:06d}.jpg", masks, image_bytes=_jpeg(photo))
 
