@@ -113,6 +113,36 @@ def test_inference_ffns_over_row_chunks_give_the_unchunked_logits(monkeypatch) -
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rows_per_chunk", [5, 1000])
+def test_ffn_in_chunks_is_the_plain_block_bit_for_bit(monkeypatch, rows_per_chunk) -> None:
+    """The chunked FFN reuses one activation buffer for `linear1` and adds its bias after the product: the
+    result must equal `norm(x + linear2(relu(linear1(x))))` on the same chunks exactly, the last (shorter) chunk
+    included, and a module that is not a plain `nn.Linear` (a quantized one) must still be called as a module."""
+    import dynamite_hf.feed_forward
+    from dynamite_hf.feed_forward import ffn_in_chunks
+
+    torch.manual_seed(0)
+    linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
+    hidden = torch.randn(2, 33, 24)
+    monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+    with torch.inference_mode():
+        chunks = hidden.reshape(-1, 24).split(rows_per_chunk)
+        expected = torch.cat([norm(c + linear2(torch.relu(linear1(c)))) for c in chunks]).view(hidden.shape)
+        assert torch.equal(ffn_in_chunks(hidden, linear1, linear2, norm), expected)
+
+        calls = []
+
+        class Recorded(torch.nn.Linear):
+            def forward(self, inputs):
+                calls.append(inputs.shape[0])
+                return super().forward(inputs)
+
+        recorded = Recorded(24, 40)
+        recorded.load_state_dict(linear1.state_dict())
+        assert torch.equal(ffn_in_chunks(hidden, recorded, linear2, norm), expected)
+    assert sum(calls) == 66 and len(calls) == -(-66 // rows_per_chunk)
+
+
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
 def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
     """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
