@@ -124,7 +124,10 @@ class WeightedGatherSum(torch.autograd.Function):
                 contributions = weights[start : start + step, :, None] * grad[:, None, :]
                 grad_table.index_add_(0, chunk.reshape(-1), contributions.reshape(-1, dim))
             if grad_weights is not None:
-                grad_weights[start : start + step] = torch.bmm(table[chunk], grad[:, :, None]).squeeze(-1)
+                # index_select copies whole rows (advanced indexing with a 2-D index copies element by element,
+                # about 2x slower here); the same values.
+                rows = table.index_select(0, chunk.reshape(-1)).view(*chunk.shape, dim)
+                grad_weights[start : start + step] = torch.bmm(rows, grad[:, :, None]).squeeze(-1)
         return grad_table, None, grad_weights
 
 
