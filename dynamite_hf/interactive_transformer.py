@@ -172,13 +172,14 @@ class DynamiteFeedForward(nn.Module):
         for linear in (self.linear1, self.linear2):
             nn.init.xavier_uniform_(linear.weight)
 
-    def forward(self, hidden: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, overwrite_input: bool = False) -> Tensor:
+        """`overwrite_input`: in inference, `hidden` may be overwritten (the caller no longer needs it)."""
         if torch.is_grad_enabled():
             return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
         # Inference (the decoder runs this over every stride-4 pixel): the same sums in place, over row chunks,
         # so that the (rows, ffn_dim) activation never exists whole.
         if self.chunked:
-            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm)
+            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm, overwrite_input)
         return self.norm(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 
@@ -199,7 +200,7 @@ class DynamiteEncoderLayer(nn.Module):
             cross.attention.project_queries(hidden + position), memory_keys, memory_values, blocked
         )
         hidden = cross.norm(hidden + attended)
-        return self.ffn(self.self_attention(hidden, position))
+        return self.ffn(self.self_attention(hidden, position), overwrite_input=True)
 
 
 class DynamiteDecoderLayer(nn.Module):
@@ -218,13 +219,24 @@ class DynamiteDecoderLayer(nn.Module):
         self.cross_attention = DynamiteCrossAttentionLayer(dim, num_heads)
         self.ffn = DynamiteFeedForward(dim, ffn_dim)
 
-    def _attend_few_keys(self, pixel_inputs: Tensor, query_keys: Tensor, query_values: Tensor) -> Tensor:
+    def _attend_few_keys(
+        self,
+        pixel_inputs: Tensor,
+        query_keys: Tensor,
+        query_values: Tensor,
+        residual: Tensor | None = None,
+        overwrite_residual: bool = False,
+    ) -> Tensor:
         """The same attention, reassociated for many pixels and few keys (exact up to float rounding).
 
         With `K` the projected keys of head h, the scores `(W_q x + b_q) . K / sqrt(d)` are
         `x . (W_q^T K) / sqrt(d) + b_q . K / sqrt(d)`, and the output `W_o (A V) + b_o` is `A (V W_o^T) + b_o`:
         two GEMMs of inner size `heads * num_queries` over the pixels instead of two of size `dim` plus the
-        per-head reshapes, a gain while `heads * num_queries < dim`.
+        per-head reshapes, a gain while `heads * num_queries < dim`. Each head's weights sum to 1, so `b_o / heads`
+        added to every row of `V W_o^T` adds `b_o` once: the bias rides in the product.
+
+        `residual` `(batch, num_pixels, dim)`: returns `residual + attention` from the same product (the GEMM
+        adds its `C`), into `residual` itself with `overwrite_residual`: no full-size bias copy, no separate sum.
         """
         attention = self.cross_attention.attention
         heads, head_dim = attention.num_heads, attention.head_dim
@@ -246,24 +258,44 @@ class DynamiteDecoderLayer(nn.Module):
         # (batch, dim, heads * queries) and (batch, heads * queries): scores = x @ score_weight + score_bias.
         score_weight = torch.einsum("hdc,bqhd->bchq", w_q, keys).reshape(batch, dim, heads * num_queries)
         output_weight = torch.einsum("chd,bqhd->bhqc", w_o, values).reshape(batch, heads * num_queries, dim)
+        output_weight = output_weight + attention.out_proj.bias / heads
         scores = torch.baddbmm(score_bias.reshape(batch, 1, -1), pixel_inputs, score_weight)
-        weights = scores.view(batch, num_pixels, heads, num_queries).softmax(-1)
-        return torch.baddbmm(attention.out_proj.bias, weights.view(batch, num_pixels, -1), output_weight)
+        weights = scores.view(batch, num_pixels, heads, num_queries).softmax(-1).view(batch, num_pixels, -1)
+        if residual is None:
+            return torch.bmm(weights, output_weight)
+        if overwrite_residual:
+            return residual.baddbmm_(weights, output_weight)
+        return torch.baddbmm(residual, weights, output_weight)
 
-    def forward(self, pixels: Tensor, pixel_inputs: Tensor, query_keys: Tensor, query_values: Tensor) -> Tensor:
+    def forward(
+        self,
+        pixels: Tensor,
+        pixel_inputs: Tensor,
+        query_keys: Tensor,
+        query_values: Tensor,
+        overwrite_pixels: bool = False,
+    ) -> Tensor:
         """`pixels` `(batch, num_pixels, dim)` and `pixel_inputs` = pixels + their position encoding;
-        `query_keys` (queries + query positions) and `query_values` (queries), `(batch, num_queries, dim)`."""
+        `query_keys` (queries + query positions) and `query_values` (queries), `(batch, num_queries, dim)`.
+        `overwrite_pixels`: in eager inference, `pixels` may be overwritten (the caller no longer needs it)."""
         cross = self.cross_attention
         attention = cross.attention
         few_keys = self.use_few_keys_attention
         if few_keys is None:
             few_keys = attention.num_heads * query_keys.shape[1] < pixels.shape[-1]
+        if torch.is_grad_enabled():
+            if few_keys:
+                attended = self._attend_few_keys(pixel_inputs, query_keys, query_values)
+            else:
+                attended = attention(pixel_inputs, query_keys, query_values)
+            return self.ffn(cross.norm(pixels + attended))
         if few_keys:
-            attended = self._attend_few_keys(pixel_inputs, query_keys, query_values)
+            # Eager inference (not an exported graph, `ffn.chunked`) may sum into `pixels` itself.
+            overwrite = overwrite_pixels and self.ffn.chunked and pixels.is_contiguous()
+            residual = self._attend_few_keys(pixel_inputs, query_keys, query_values, pixels, overwrite)
         else:
-            attended = attention(pixel_inputs, query_keys, query_values)
-        residual = pixels + attended if torch.is_grad_enabled() else attended.add_(pixels)
-        return self.ffn(cross.norm(residual))
+            residual = attention(pixel_inputs, query_keys, query_values).add_(pixels)
+        return self.ffn(cross.norm(residual), overwrite_input=True)
 
 
 class DynamiteMLP(nn.Module):
@@ -461,8 +493,18 @@ class DynamiteInteractiveTransformer(nn.Module):
         _, dim, height, width = mask_features.shape
         pixels = mask_features.flatten(2).transpose(1, 2)
         query_keys = hidden + position
+        # In eager inference the later layers' inputs go into one reused buffer, and each layer may sum into the
+        # `pixels` the previous one made (the first layer's are the cached mask features, which stay as they are).
+        reuse = not torch.is_grad_enabled() and all(layer.ffn.chunked for layer in self.decoder_layers)
+        pixel_inputs = memory.decoder_first_inputs
         for index, layer in enumerate(self.decoder_layers):
-            pixel_inputs = memory.decoder_first_inputs if index == 0 else pixels + memory.decoder_pixel_position
-            pixels = layer(pixels, pixel_inputs, query_keys, hidden)
+            if index > 0:
+                position = memory.decoder_pixel_position
+                if reuse:
+                    buffer = pixel_inputs if pixel_inputs is not memory.decoder_first_inputs else None
+                    pixel_inputs = torch.add(pixels, position, out=buffer)
+                else:
+                    pixel_inputs = pixels + position
+            pixels = layer(pixels, pixel_inputs, query_keys, hidden, overwrite_pixels=reuse and index > 0)
         refined = pixels.transpose(1, 2).reshape(batch, dim, height, width)
         return self._predict(hidden, refined), auxiliary

@@ -241,7 +241,7 @@ class DynamiteDeformableEncoderLayer(nn.Module):
         # and the FFN over row chunks (`ffn_in_chunks`) unless pinned off for an exported graph.
         hidden = self.norm1(attended.add_(hidden))
         if self.chunked:
-            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm2)
+            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm2, overwrite_input=True)
         return self.norm2(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 

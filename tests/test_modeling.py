@@ -143,6 +143,64 @@ def test_ffn_in_chunks_is_the_plain_block_bit_for_bit(monkeypatch, rows_per_chun
     assert sum(calls) == 66 and len(calls) == -(-66 // rows_per_chunk)
 
 
+def test_ffn_in_chunks_summing_into_its_input_is_the_plain_block(monkeypatch) -> None:
+    """`overwrite_input=True` sums into the input and norms once over the whole: the plain block up to float
+    rounding for every chunk size; the input is left alone without the flag, and a module that is not a plain
+    `nn.Linear` (a quantized one) falls back to the path that leaves it alone."""
+    import dynamite_hf.feed_forward
+    from dynamite_hf.feed_forward import ffn_in_chunks
+
+    torch.manual_seed(0)
+    linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
+    hidden = torch.randn(2, 33, 24)
+    with torch.inference_mode():
+        expected = norm(hidden + linear2(torch.relu(linear1(hidden))))
+        for rows_per_chunk in (5, 33, 1000):
+            monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+            untouched = hidden.clone()
+            ffn_in_chunks(untouched, linear1, linear2, norm)
+            assert torch.equal(untouched, hidden)
+            overwritten = hidden.clone()
+            result = ffn_in_chunks(overwritten, linear1, linear2, norm, overwrite_input=True)
+            assert not torch.equal(overwritten, hidden)  # the residual sum went into the input
+            torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+
+        class Quantized(torch.nn.Linear):  # stands for any module that is not a plain nn.Linear
+            pass
+
+        other = Quantized(40, 24)
+        other.load_state_dict(linear2.state_dict())
+        kept = hidden.clone()
+        torch.testing.assert_close(ffn_in_chunks(kept, linear1, other, norm, overwrite_input=True), expected)
+        assert torch.equal(kept, hidden)
+
+
+def test_decoder_attention_sums_its_residual_in_the_product() -> None:
+    """The few-keys attention with a residual gives `residual + attention` (the output bias folded into the
+    product), into the residual itself when allowed; a decoder layer gives the same output in inference with
+    and without overwriting its pixels, and as in training."""
+    model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2)
+    layer = model.interactive_transformer.decoder_layers[0]
+    pixels, position = torch.randn(2, 50, 64), torch.randn(2, 50, 64)
+    keys, values = torch.randn(2, 11, 64), torch.randn(2, 11, 64)
+    with torch.inference_mode():
+        attended = layer.cross_attention.attention(pixels + position, keys, values)
+        summed = layer._attend_few_keys(pixels + position, keys, values, pixels)
+        torch.testing.assert_close(summed, pixels + attended, rtol=1e-5, atol=1e-5)
+        residual = pixels.clone()
+        assert layer._attend_few_keys(pixels + position, keys, values, residual, True) is residual
+        torch.testing.assert_close(residual, summed, rtol=1e-6, atol=1e-6)
+
+        kept = pixels.clone()
+        inference = layer(kept, pixels + position, keys, values)
+        assert torch.equal(kept, pixels)
+        overwritten = layer(pixels.clone(), pixels + position, keys, values, overwrite_pixels=True)
+        torch.testing.assert_close(overwritten, inference, rtol=1e-6, atol=1e-6)
+    training = layer(pixels, pixels + position, keys, values)  # autograd on: the training path
+    assert training.requires_grad
+    torch.testing.assert_close(training.detach(), inference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
 def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
     """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
