@@ -41,11 +41,20 @@ def gemm_rate(rows: int, dim: int, ffn_dim: int, repeats: int = 5) -> float:
     return flops / statistics.median(times[1:]) / 1e9
 
 
+def _product_flops(self_shape, first_shape, second_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `self += first @ second`, matrices or batches of them (shapes as `FlopCounterMode` passes them)."""
+    *batch, rows, inner = first_shape
+    return 2 * rows * inner * second_shape[-1] * (batch[0] if batch else 1)
+
+
 def counted_flops(function) -> int:
-    """FLOPs of the matrix products and convolutions `function()` runs."""
+    """FLOPs of the matrix products and convolutions `function()` runs, the in-place products (`addmm_`,
+    `baddbmm_`, which `FlopCounterMode` does not know) included."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    in_place = {torch.ops.aten.addmm_: _product_flops, torch.ops.aten.baddbmm_: _product_flops}
+    with FlopCounterMode(display=False, custom_mapping=in_place) as counter:
         function()
     return counter.get_total_flops()
 

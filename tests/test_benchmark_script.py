@@ -23,3 +23,22 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
     lines = completed.stdout.splitlines()
     rate_rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
     assert len(rate_rows) == 1 and rate_rows[0].count("/") >= 9  # GFLOP / GFLOP/s / fraction per stage
+
+
+def test_flop_count_includes_the_in_place_products() -> None:
+    """The inference path adds products into existing tensors (`addmm_`, `baddbmm_`), which `FlopCounterMode`
+    does not count by itself: a click's FLOPs must not drop because a product moved in place."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    batch_a, batch_b = torch.randn(3, 64, 32), torch.randn(3, 32, 16)
+    out_of_place = benchmark.counted_flops(lambda: (torch.addmm(torch.zeros(16), a, b), torch.bmm(batch_a, batch_b)))
+    in_place = benchmark.counted_flops(
+        lambda: (torch.zeros(64, 16).addmm_(a, b), torch.zeros(3, 64, 16).baddbmm_(batch_a, batch_b))
+    )
+    assert out_of_place == in_place == 2 * 64 * 32 * 16 * 4
