@@ -365,17 +365,21 @@ def build_demo(app: DynamiteApp):
         return gr.update(choices=choices, value=min(state.selected, state.num_instances))
 
     def view(state, message, alpha, radius, masks_only, request: gr.Request, before=None):
-        """The outputs after an action; `before` = (image key, clicks) from before it: the downloads of earlier
-        masks are cleared once the image or the clicks changed."""
+        """The outputs after an action; `before` = `snapshot(state)` from before it: the downloads of earlier
+        masks are cleared once the image or the clicks changed, and the instance list is sent only when it
+        changed (most clicks: re-drawing it costs the page time on every click)."""
         try:
             image = app.render(state, session_of(request), alpha, radius, masks_only)
         except Exception as error:  # never a traceback in the UI; the state is kept
             image, message = None, f"⚠️ {error}"
-        changed = before is not None and before != (state.image_key, state.clicks)
-        return state, image, message, instance_choices(state), None if changed else gr.skip()
+        after = snapshot(state)
+        masks_changed = before is not None and before[:2] != after[:2]
+        instances_kept = before is not None and before[2:] == after[2:]
+        instances = gr.skip() if instances_kept else instance_choices(state)
+        return state, image, message, instances, None if masks_changed else gr.skip()
 
     def snapshot(state):
-        return state.image_key, list(state.clicks)
+        return state.image_key, list(state.clicks), state.num_instances, min(state.selected, state.num_instances)
 
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation") as demo:
         state = gr.State(SessionState())

@@ -126,6 +126,23 @@ def test_new_image_and_reset_clear_the_downloads(model_dir, tmp_path) -> None:
             assert len(outputs) == 4 and outputs[3] is None, f"{action} left the downloads: {outputs}"
 
 
+def test_instance_list_is_sent_only_when_it_changes(model_dir, tmp_path) -> None:
+    """A click that refines an instance leaves the instance list alone (re-drawing it costs the page time on
+    every click); a click that starts an instance, or choosing the next one, sends the new list."""
+    skip = {"__type__": "update"}
+    with running_app(model_dir) as url:
+        client = gradio_client.Client(url, verbose=False)
+        client.predict(gradio_client.handle_file(write_image(tmp_path, 1)), *LOOK, api_name="/upload")
+        started = client.predict(10, 10, False, *LOOK, api_name="/click")[2]
+        assert started["choices"] == [["Instance 1", 0], ["Instance 2 (new)", 1]] and started["value"] == 0
+        assert client.predict(12, 14, False, *LOOK, api_name="/click")[2] == skip
+        assert client.predict(40, 50, True, *LOOK, api_name="/click")[2] == skip  # a background click
+        assert client.predict(*LOOK, api_name="/add_instance")[2]["value"] == 1
+        assert client.predict(*LOOK, api_name="/add_instance")[2] == skip  # already on the new instance
+        assert client.predict(30, 60, False, *LOOK, api_name="/click")[2]["choices"][-1] == ["Instance 3 (new)", 2]
+        assert client.predict(*LOOK, api_name="/undo")[2]["choices"][-1] == ["Instance 2 (new)", 1]
+
+
 def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path, monkeypatch) -> None:
     app = DynamiteApp(tiny_model(), "tiny")
     state, _ = app.load(SessionState(), write_image(tmp_path, 0), "s")
