@@ -53,11 +53,14 @@ class DynamitePredictor:
     def set_image(self, image: ImageLike) -> None:
         """Load `image` (path, PIL or HxWxC uint8 RGB array), run the per-image stage once, clear the clicks.
 
-        On error (unreadable or oversized image) the previous image and clicks stay as they were.
+        On a bad image (unreadable or oversized) the previous image and clicks stay as they were. Once the image
+        is known to be good, the previous one's features are released before the new ones are computed, so two
+        images' features never coexist (334 MB each for a paper preset at 800x1216).
         """
         loaded = load_image(image, self.processor.max_image_pixels)
         inputs = self.processor.preprocess(loaded)
         device = self.model.device
+        self._features, self._image, self._image_size, self._history = None, None, None, []
         with torch.inference_mode():
             features = self.model.get_image_features(inputs["pixel_values"].to(device))
         self._image = loaded

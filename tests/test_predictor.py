@@ -136,6 +136,30 @@ def test_errors_leave_the_state_unchanged(predictor, image, tmp_path) -> None:
         assert predictor.clicks == before[0] and np.array_equal(predictor.label_map, before[1])
 
 
+def test_a_new_image_releases_the_previous_features_before_computing_its_own(predictor, image) -> None:
+    """Two images' features never coexist (a paper preset's take 334 MB at 800x1216)."""
+    import gc
+    import weakref
+
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    previous = weakref.ref(predictor.image_features.mask_features)
+    model, alive_during_next = predictor.model, []
+
+    def compute(*args, **kwargs):
+        gc.collect()
+        alive_during_next.append(previous() is not None)
+        return original(*args, **kwargs)
+
+    original = model.get_image_features
+    with mock.patch.object(model, "get_image_features", side_effect=compute):
+        predictor.set_image(image[::-1].copy())
+    assert alive_during_next == [False]
+    assert predictor.clicks == []
+    predictor.add_click(10, 10)
+    assert predictor.clicks == [Click(0, 10.0, 10.0, 0)] and predictor.label_map.shape == image.shape[:2]
+
+
 @requires_reference
 @pytest.mark.parametrize("image_name", ["img0", "img1"])
 def test_reference_masks_through_the_public_api(image_name) -> None:
