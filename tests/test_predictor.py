@@ -3,6 +3,8 @@ and the public API reproduces the original implementation's masks."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from unittest import mock
 
 import numpy as np
@@ -138,20 +140,17 @@ def test_errors_leave_the_state_unchanged(predictor, image, tmp_path) -> None:
 
 def test_a_new_image_releases_the_previous_features_before_computing_its_own(predictor, image) -> None:
     """Two images' features never coexist (a paper preset's take 334 MB at 800x1216)."""
-    import gc
-    import weakref
-
     predictor.set_image(image)
     predictor.add_click(10, 10)
     previous = weakref.ref(predictor.image_features.mask_features)
     model, alive_during_next = predictor.model, []
+    original = model.get_image_features
 
     def compute(*args, **kwargs):
         gc.collect()
         alive_during_next.append(previous() is not None)
         return original(*args, **kwargs)
 
-    original = model.get_image_features
     with mock.patch.object(model, "get_image_features", side_effect=compute):
         predictor.set_image(image[::-1].copy())
     assert alive_during_next == [False]
