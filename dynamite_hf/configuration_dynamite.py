@@ -130,6 +130,15 @@ class DynamiteConfig(PretrainedConfig):
             Test-time resize: shortest edge.
         test_max_size (`int`, *optional*, defaults to 1333):
             Test-time resize: cap on the longest edge.
+        guided_filter_radius (`int`, *optional*, defaults to 0):
+            Edge-aware refinement of the masks by `DynamitePredictor` (`dynamite_hf.refinement`): the radius, in
+            pixels of the working size, of a colour guided filter applied to the instance probabilities before
+            the label map. 0 (the default, and the released models') leaves the masks as the original makes them.
+        guided_filter_eps (`float`, *optional*, defaults to 1e-3):
+            The guided filter's regularisation (colours in [0, 1]): larger values smooth across weaker edges.
+        guided_filter_temperature (`float`, *optional*, defaults to 2.0):
+            The filtered probabilities are the softmax over `[instances..., background]` of the logits divided by
+            this.
 
     Example:
 
@@ -169,6 +178,9 @@ class DynamiteConfig(PretrainedConfig):
         size_divisibility: int = 32,
         test_short_edge: int = 800,
         test_max_size: int = 1333,
+        guided_filter_radius: int = 0,
+        guided_filter_eps: float = 1e-3,
+        guided_filter_temperature: float = 2.0,
         **kwargs: Any,
     ) -> None:
         if backbone_type not in BACKBONE_TYPES:
@@ -184,6 +196,17 @@ class DynamiteConfig(PretrainedConfig):
             raise ValueError(
                 f"pixel_decoder_dim ({pixel_decoder_dim}) must equal hidden_dim ({hidden_dim}): the interactive "
                 "transformer reads the pixel-decoder features without an input projection"
+            )
+        if (
+            isinstance(guided_filter_radius, bool)
+            or not isinstance(guided_filter_radius, int)
+            or guided_filter_radius < 0
+        ):
+            raise ValueError(f"guided_filter_radius must be an int >= 0 (0: off), got {guided_filter_radius!r}")
+        if not guided_filter_eps > 0 or not guided_filter_temperature > 0:
+            raise ValueError(
+                "guided_filter_eps and guided_filter_temperature must be positive, got "
+                f"{guided_filter_eps!r} and {guided_filter_temperature!r}"
             )
         self.backbone_type = backbone_type
         self.backbone_config = dict(backbone_config or {})
@@ -210,6 +233,9 @@ class DynamiteConfig(PretrainedConfig):
         self.size_divisibility = size_divisibility
         self.test_short_edge = test_short_edge
         self.test_max_size = test_max_size
+        self.guided_filter_radius = guided_filter_radius
+        self.guided_filter_eps = guided_filter_eps
+        self.guided_filter_temperature = guided_filter_temperature
         super().__init__(**kwargs)
 
     @classmethod

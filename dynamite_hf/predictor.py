@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
 from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel, fuse_instances, group_query_logits
+from .refinement import GuidedFilter, image_to_guide
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,35 @@ class DynamitePredictor:
     Args:
         model: a `DynamiteModel` (put in eval mode here), or an `OnnxDynamiteModel` (`dynamite_hf.onnx_backend`).
         processor: the matching `DynamiteImageProcessor` (default: built from the model's config).
+        refine_boundaries: snap the mask boundaries to the image's edges with the guided filter of the model's
+            config (`guided_filter_radius` etc., `dynamite_hf.refinement`). Default: on when the config's radius
+            is positive (the bundled CPU model), off otherwise (the released models, whose masks are then the
+            original's). `False` turns it off; `True` needs a positive radius in the config.
     """
 
-    def __init__(self, model: DynamiteModel, processor: DynamiteImageProcessor | None = None) -> None:
+    def __init__(
+        self,
+        model: DynamiteModel,
+        processor: DynamiteImageProcessor | None = None,
+        refine_boundaries: bool | None = None,
+    ) -> None:
+        radius = getattr(model.config, "guided_filter_radius", 0)
+        if refine_boundaries not in (None, True, False):
+            raise ValueError(f"refine_boundaries must be None, True or False, got {refine_boundaries!r}")
+        if refine_boundaries and radius <= 0:
+            raise ValueError(
+                "refine_boundaries=True needs a positive guided_filter_radius in the model's config, which has "
+                f"{radius!r} (set model.config.guided_filter_radius, e.g. 8)"
+            )
         self.model = model.eval()
         self.processor = processor or DynamiteImageProcessor.from_config(model.config)
+        self.refine_boundaries = radius > 0 if refine_boundaries is None else refine_boundaries
         self._features: DynamiteImageFeatures | None = None
         self._image: np.ndarray | None = None
         self._image_size: tuple[int, int] | None = None
         self._history: list[_State] = []
+        self._guided_filter: GuidedFilter | None = None  # of the current image, built on its first click
+        self._output_guide: tuple[tuple[int, int], torch.Tensor] | None = None  # the image at the last output size
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: ImageLike) -> None:
@@ -61,6 +82,7 @@ class DynamitePredictor:
         inputs = self.processor.preprocess(loaded)
         device = self.model.device
         self._features, self._image, self._image_size, self._history = None, None, None, []
+        self._guided_filter, self._output_guide = None, None
         with torch.inference_mode():
             features = self.model.get_image_features(inputs["pixel_values"].to(device))
         self._image = loaded
@@ -80,11 +102,15 @@ class DynamitePredictor:
         return self._features
 
     def nbytes(self) -> int:
-        """Bytes this predictor holds: the image, its cached features and the label maps of the undo history."""
+        """Bytes this predictor holds: the image, its cached features, the label maps of the undo history and the
+        guided filter's per-image tensors."""
         if self._features is None:
             return 0
         history = sum(state.label_map.nbytes for state in self._history)
-        return self._image.nbytes + self._features.nbytes() + history
+        refinement = self._guided_filter.nbytes() if self._guided_filter is not None else 0
+        if self._output_guide is not None:
+            refinement += self._output_guide[1].nbytes
+        return self._image.nbytes + self._features.nbytes() + history + refinement
 
     # -- clicks -------------------------------------------------------------------------------------------
     @property
@@ -141,6 +167,8 @@ class DynamitePredictor:
         clicks = self._checked_clicks(clicks)
         if not any(c.instance is not None for c in clicks):
             return np.zeros(output_size, dtype=np.int32)
+        if self.refine_boundaries:
+            return self._refined_label_map(clicks, tuple(output_size))
         model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
         features = self._features
         with torch.inference_mode():
@@ -229,6 +257,8 @@ class DynamitePredictor:
         output_size = original_size if output_size is None else tuple(output_size)
         if not any(c.instance is not None for c in clicks):
             return np.zeros(output_size, dtype=np.int32)
+        if self.refine_boundaries:
+            return self._refined_label_map(clicks, output_size)
         model_clicks = self.processor.clicks_to_model_frame(clicks, original_size, self._image_size)
         with torch.inference_mode():
             output = self.model(
@@ -238,3 +268,37 @@ class DynamitePredictor:
                 output_sizes=[output_size],
             )
         return output.label_maps[0].cpu().numpy().astype(np.int32)
+
+    def _refined_label_map(self, clicks: list[Click], output_size: tuple[int, int]) -> np.ndarray:
+        """The label map at `output_size` with the guided filter: the softmax over `[instances..., background]`
+        of the grouped logits at the working size, each instance's probability filtered with the image as the
+        guide (the background's is 1 minus their sum: the filter keeps sums), then the largest (ties to the
+        lower instance, an instance before the background)."""
+        config = self.model.config
+        model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
+        features = self._features
+        with torch.inference_mode():
+            query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
+            logits = self.model.post_process_logits(
+                query_logits[0], features.padded_size, self._image_size, self._image_size
+            )
+            instance_logits, background_logits = group_query_logits(logits, counts[0])
+            num_instances = instance_logits.shape[0]
+            if background_logits is not None:
+                instance_logits = torch.cat([instance_logits, background_logits[None]])
+            probabilities = torch.softmax(instance_logits.float() / config.guided_filter_temperature, dim=0)
+            if self._guided_filter is None:
+                guide = image_to_guide(self._image, self._image_size)
+                self._guided_filter = GuidedFilter(guide, config.guided_filter_radius, config.guided_filter_eps)
+            refined = self._guided_filter(probabilities[:num_instances], self._guide_at(output_size))
+            background = 1.0 - refined.sum(0, keepdim=True)
+            # The fusion rule over one map per instance and the background's (an argmax over the leading axis,
+            # as a running comparison: `torch.argmax` there takes 100 ms at 0.3 MP).
+            _, label_map = fuse_instances(torch.cat([refined, background]), [1] * num_instances)
+        return label_map.numpy().astype(np.int32)
+
+    def _guide_at(self, output_size: tuple[int, int]) -> torch.Tensor:
+        """The image at `output_size` as the guided filter's guide, kept for the next click at the same size."""
+        if self._output_guide is None or self._output_guide[0] != output_size:
+            self._output_guide = (output_size, image_to_guide(self._image, output_size))
+        return self._output_guide[1]

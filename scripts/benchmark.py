@@ -133,6 +133,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
             if instances == 5:  # the original's own driver measured one image and clicks of 2 and 5 instances
                 peak_5_mb = peak_memory_mb()
         peak_mb = peak_memory_mb()
+        refine_image_s, refine_click_s = measure_refinement(config, height, width, repeats, timed)
         flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
         flops.update({stage: counted_flops(run) for stage, run in runs.items()})
         gemm_after = gemm_rate(*probe)
@@ -147,7 +148,50 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop": {stage: count / 1e9 for stage, count in flops.items()},
         "gemm_gflops": [gemm_before, gemm_after],
+        "refine_image_s": refine_image_s,
+        "refine_click_s": refine_click_s,
     }
+
+
+def measure_refinement(config, height: int, width: int, repeats: int, timed) -> tuple[float, dict[int, float]]:
+    """Seconds of the predictor's boundary refinement (`dynamite_hf.refinement`, on where the config's
+    `guided_filter_radius` is positive, as in the bundled model; its radius 8 otherwise) at `height x width`:
+    building the image's filter (once per image, on its first click) and, per click of 2 / 5 / 10 instances,
+    filtering the instance probabilities and fusing them (the output at the same size)."""
+    import torch
+
+    from dynamite_hf.modeling_dynamite import fuse_instances
+    from dynamite_hf.refinement import GuidedFilter
+
+    radius = config.guided_filter_radius or 8
+    guide = torch.rand(3, height, width)
+    image_s, guided = timed(lambda: GuidedFilter(guide, radius, config.guided_filter_eps), repeats)
+    click_s = {}
+    rows = torch.arange(height, dtype=torch.float32)[:, None]
+    cols = torch.arange(width, dtype=torch.float32)
+    for instances in (2, 5, 10):
+        # Round objects along the diagonal where the benchmark's clicks are, a radius of a third of their spacing:
+        # logits +6 at the centre, 0 at the radius, and the background at 0 (the filter works near objects only).
+        radius = min(height, width) / instances / 3
+        logits = torch.stack(
+            [
+                6.0
+                - 6.0
+                * ((rows - (k + 0.5) * height / instances) ** 2 + (cols - (k + 0.5) * width / instances) ** 2).sqrt()
+                / radius
+                for k in range(instances)
+            ]
+            + [torch.zeros(height, width)]
+        )
+        probabilities = (logits / config.guided_filter_temperature).softmax(0)
+
+        def refine(probabilities=probabilities, instances=instances):
+            refined = guided(probabilities[:instances], guide)
+            return fuse_instances(torch.cat([refined, 1.0 - refined.sum(0, keepdim=True)]), [1] * instances)
+
+        refine()  # warm-up
+        click_s[instances], _ = timed(refine, repeats)
+    return image_s, click_s
 
 
 def rate_row(result: dict) -> str:
@@ -218,6 +262,18 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {result['preset']} | {result['size']} | not measured: int8 layers are not counted |")
         else:
             print(rate_row(result))
+    print()
+    print(
+        "| preset | input | boundary refinement (`guided_filter_radius`): per image (s) | per click, 2 inst (s) | "
+        "5 inst (s) | 10 inst (s) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for result in results:
+        refine = result["refine_click_s"]
+        print(
+            f"| {result['preset']} | {result['size']} | {result['refine_image_s']:.3f} | {refine['2']:.3f} | "
+            f"{refine['5']:.3f} | {refine['10']:.3f} |"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="opt-in int8 FFN layers (dynamite_hf.quantization; CPU only): faster, masks change slightly",
     )
+    parser.add_argument(
+        "--guided-filter-radius",
+        type=int,
+        help="boundary refinement (dynamite_hf.refinement): the guided filter's radius in working-size pixels, 0 "
+        "to turn it off (default: the config's; the bundled model's is on, the released models' off)",
+    )
     parser.add_argument("--output", default="evaluation_output")
     parser.add_argument(
         "--allow-sharded-random",
@@ -138,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
         model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
     model.to(processes.device)
+    if args.guided_filter_radius is not None:
+        if args.guided_filter_radius < 0:
+            parser.error(f"--guided-filter-radius must be >= 0 (0: off), got {args.guided_filter_radius}")
+        model.config.guided_filter_radius = args.guided_filter_radius
     if args.int8:
         from dynamite_hf.quantization import quantize_int8
 
@@ -213,6 +223,11 @@ def main(argv: list[str] | None = None) -> None:
             "model": args.model or f"preset:{args.preset}",
             "report": args.report,
             "resize": {"short_edge": processor.short_edge, "max_size": processor.max_size},
+            "guided_filter": {
+                "radius": model.config.guided_filter_radius,
+                "eps": model.config.guided_filter_eps,
+                "temperature": model.config.guided_filter_temperature,
+            },
             **details,
         },
     )

@@ -1,4 +1,4 @@
-"""scripts/benchmark.py end to end on a small input: both tables and the JSON, with counted FLOPs and rates."""
+"""scripts/benchmark.py end to end on a small input: its tables and the JSON, with counted FLOPs and rates."""
 
 from __future__ import annotations
 
@@ -22,8 +22,16 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
     assert all(rate > 0 for rate in result["gemm_gflops"])
     assert 0 < result["features_mb"] < result["peak_5_mb"] <= result["peak_mb"]
     lines = completed.stdout.splitlines()
-    rate_rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
-    assert len(rate_rows) == 1 and rate_rows[0].count("/") >= 9  # GFLOP / GFLOP/s / fraction per stage
+    rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
+    rate_rows = [line for line in rows if line.count("/") >= 9]  # GFLOP / GFLOP/s / fraction per stage
+    assert len(rate_rows) == 1
+    # The boundary refinement's table: per image, then per click of 2, 5 and 10 instances.
+    assert result["refine_image_s"] > 0 and set(result["refine_click_s"]) == {"2", "5", "10"}
+    assert all(seconds > 0 for seconds in result["refine_click_s"].values())
+    (refine_row,) = [line for line in rows if line not in rate_rows]
+    assert [float(cell) for cell in refine_row.strip("| ").split(" | ")[2:]] == [
+        round(value, 3) for value in (result["refine_image_s"], *result["refine_click_s"].values())
+    ]
 
 
 def test_flop_count_includes_the_in_place_products() -> None:
