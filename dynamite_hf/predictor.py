@@ -278,8 +278,8 @@ class DynamitePredictor:
         lower instance, an instance before the background).
 
         The filter's coefficients are applied to the image at `output_size`; for a `preview`, at the working size,
-        and the filtered probabilities are resized (the app's overlay: about 90 ms less per click at 768x1024,
-        and the display is at most about twice the working size)."""
+        and the filtered probabilities are resized (the app's overlay at 768x1024: about 40 ms less per click in
+        `scripts/benchmark_app.py`, and the display is at most about twice the working size)."""
         config = self.model.config
         model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
         features = self._features
