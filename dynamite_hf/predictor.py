@@ -169,22 +169,26 @@ class DynamitePredictor:
             return np.zeros(output_size, dtype=np.int32)
         if self.refine_boundaries:
             return self._refined_label_map(clicks, tuple(output_size), preview=True)
+        with torch.inference_mode():
+            scores, num_instances = self._grouped_logits(clicks)
+            resized = F.interpolate(scores[None], size=tuple(output_size), mode="bilinear", align_corners=False)
+            # One "query" per instance, the last map (if any) the background: the usual fusion rule.
+            _, label_map = fuse_instances(resized[0], [1] * num_instances)
+        return label_map.cpu().numpy().astype(np.int32)
+
+    def _grouped_logits(self, clicks: list[Click]) -> tuple[torch.Tensor, int]:
+        """Each instance's logits, then the background's (if any query is background), at the working size:
+        `(num_instances [+ 1], h, w)`, and `num_instances`. Call under `torch.inference_mode()`."""
         model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
         features = self._features
-        with torch.inference_mode():
-            query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
-            logits = self.model.post_process_logits(
-                query_logits[0], features.padded_size, self._image_size, self._image_size
-            )
-            instance_logits, background_logits = group_query_logits(logits, counts[0])
-            if background_logits is not None:
-                instance_logits = torch.cat([instance_logits, background_logits[None]])
-            resized = F.interpolate(
-                instance_logits[None], size=tuple(output_size), mode="bilinear", align_corners=False
-            )
-            # One "query" per instance, the last map (if any) the background: the usual fusion rule.
-            _, label_map = fuse_instances(resized[0], [1] * len(counts[0]))
-        return label_map.cpu().numpy().astype(np.int32)
+        query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
+        logits = self.model.post_process_logits(
+            query_logits[0], features.padded_size, self._image_size, self._image_size
+        )
+        instance_logits, background_logits = group_query_logits(logits, counts[0])
+        if background_logits is not None:
+            instance_logits = torch.cat([instance_logits, background_logits[None]])
+        return instance_logits, len(counts[0])
 
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""
@@ -281,18 +285,9 @@ class DynamitePredictor:
         and the filtered probabilities are resized (the app's overlay at 768x1024: about 40 ms less per click in
         `scripts/benchmark_app.py`, and the display is at most about twice the working size)."""
         config = self.model.config
-        model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
-        features = self._features
         with torch.inference_mode():
-            query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
-            logits = self.model.post_process_logits(
-                query_logits[0], features.padded_size, self._image_size, self._image_size
-            )
-            instance_logits, background_logits = group_query_logits(logits, counts[0])
-            num_instances = instance_logits.shape[0]
-            if background_logits is not None:
-                instance_logits = torch.cat([instance_logits, background_logits[None]])
-            probabilities = torch.softmax(instance_logits.float() / config.guided_filter_temperature, dim=0)
+            scores, num_instances = self._grouped_logits(clicks)
+            probabilities = torch.softmax(scores.float() / config.guided_filter_temperature, dim=0)
             if self._guided_filter is None:
                 guide = image_to_guide(self._image, self._image_size)
                 self._guided_filter = GuidedFilter(guide, config.guided_filter_radius, config.guided_filter_eps)
