@@ -9,6 +9,7 @@ import torch
 from test_modeling import tiny_model
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor
+from dynamite_hf.predictor import _halved
 from dynamite_hf.refinement import GuidedFilter, box_mean, image_to_guide
 
 
@@ -43,6 +44,21 @@ def test_a_boundary_off_the_edge_snaps_to_the_edge() -> None:
     assert (first_inside == edge).all(), first_inside
     smoothed = box_mean(probabilities, 6)
     assert ((smoothed[0] > 0.5).int().argmax(1) == 23).all()
+
+
+def test_fitted_at_half_size_a_boundary_still_snaps_to_the_edge() -> None:
+    """The app's preview fits the filter at half the working size with half the radius and applies it to the
+    photo at the working size (`DynamitePredictor.preview_label_map`): the same off-edge boundary ends on the edge,
+    or one pixel right of it when the edge falls between two half-size pixels."""
+    height, width = 24, 48
+    ramp = torch.sigmoid((torch.arange(width, dtype=torch.float32) - 22.5) / 2.0)
+    probabilities = ramp.expand(height, width)[None].clone()
+    for edge in (19, 20, 21):
+        guide = step_edge(height, width, edge)
+        refined = GuidedFilter(_halved(guide), radius=3, eps=1e-3)(_halved(probabilities), guide)
+        assert refined.shape == (1, height, width)
+        first_inside = (refined[0] > 0.5).int().argmax(1)
+        assert ((first_inside == edge) | (first_inside == edge + 1)).all(), (edge, first_inside)
 
 
 def test_filtering_keeps_sums_and_applies_at_a_larger_output_size() -> None:
