@@ -4,9 +4,9 @@
     python scripts/average_weights.py --models runs/a runs/b --weights 0.25 0.75 --output runs/soup
 
 Models fine-tuned from a common ancestor usually lie in one basin of the loss, and a weighted average of their
-weights often keeps the strengths of each (the bundled model's stage 17 averages stages 13 and 15). Every float
-tensor is averaged; integer buffers are taken from the first model. The output is a `save_pretrained` folder
-with the first model's config (including its inference settings, such as the guided filter) and processor.
+weights often keeps the strengths of each. Every float tensor is averaged; integer buffers are taken from the
+first model. The output is a `save_pretrained` folder with the first model's config (including its inference
+settings, such as the guided filter) and processor.
 """
 
 from __future__ import annotations
