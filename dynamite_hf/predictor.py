@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
 from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel, fuse_instances, group_query_logits
-from .refinement import GuidedFilter, image_to_guide
+from .refinement import GuidedFilter, half_size, halve, image_to_guide
 
 
 @dataclass(frozen=True)
@@ -295,7 +295,7 @@ class DynamitePredictor:
             scores, num_instances = self._grouped_logits(clicks)
             probabilities = torch.softmax(scores.float() / config.guided_filter_temperature, dim=0)[:num_instances]
             if preview:
-                refined = self._half_size_filter()(_halved(probabilities), self._guide_working_size())
+                refined = self._half_size_filter()(halve(probabilities), self._guide_working_size())
             else:
                 if self._guided_filter is None:
                     self._guided_filter = GuidedFilter(
@@ -325,7 +325,7 @@ class DynamitePredictor:
         """The previews' guided filter: at half the working size, with half the radius (at least 1)."""
         if self._preview_filter is None:
             config = self.model.config
-            guide = image_to_guide(self._image, _half_size(self._image_size))
+            guide = image_to_guide(self._image, half_size(self._image_size))
             radius = max(1, round(config.guided_filter_radius / 2))
             self._preview_filter = GuidedFilter(guide, radius, config.guided_filter_eps)
         return self._preview_filter
@@ -335,12 +335,3 @@ class DynamitePredictor:
         if self._output_guide is None or self._output_guide[0] != output_size:
             self._output_guide = (output_size, image_to_guide(self._image, output_size))
         return self._output_guide[1]
-
-
-def _half_size(size: tuple[int, int]) -> tuple[int, int]:
-    return (size[0] + 1) // 2, (size[1] + 1) // 2
-
-
-def _halved(maps: torch.Tensor) -> torch.Tensor:
-    """`(C, h, w)` maps at half the size (antialiased bilinear, as the guide is shrunk)."""
-    return F.interpolate(maps[None], size=_half_size(maps.shape[1:]), mode="bilinear", antialias=True)[0]

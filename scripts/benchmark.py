@@ -133,7 +133,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
             if instances == 5:  # the original's own driver measured one image and clicks of 2 and 5 instances
                 peak_5_mb = peak_memory_mb()
         peak_mb = peak_memory_mb()
-        refine_image_s, refine_click_s = measure_refinement(config, height, width, repeats, timed)
+        refine_image_s, refine_click_s, refine_preview_s = measure_refinement(config, height, width, repeats, timed)
         flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
         flops.update({stage: counted_flops(run) for stage, run in runs.items()})
         gemm_after = gemm_rate(*probe)
@@ -150,23 +150,28 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
         "gemm_gflops": [gemm_before, gemm_after],
         "refine_image_s": refine_image_s,
         "refine_click_s": refine_click_s,
+        "refine_preview_s": refine_preview_s,
     }
 
 
-def measure_refinement(config, height: int, width: int, repeats: int, timed) -> tuple[float, dict[int, float]]:
+def measure_refinement(
+    config, height: int, width: int, repeats: int, timed
+) -> tuple[float, dict[int, float], dict[int, float]]:
     """Seconds of the predictor's boundary refinement (`dynamite_hf.refinement`, on where the config's
     `guided_filter_radius` is positive, as in the bundled model; its radius 8 otherwise) at `height x width`:
     building the image's filter (once per image, on its first click) and, per click of 2 / 5 / 10 instances,
-    filtering the instance probabilities and fusing them (the output at the same size)."""
+    filtering the instance probabilities and fusing them (the output at the same size); and the same per click
+    for the app's preview (`DynamitePredictor.preview_label_map`: fitted at half the size, applied at it)."""
     import torch
 
     from dynamite_hf.modeling_dynamite import fuse_instances
-    from dynamite_hf.refinement import GuidedFilter
+    from dynamite_hf.refinement import GuidedFilter, halve
 
     radius = config.guided_filter_radius or 8
     guide = torch.rand(3, height, width)
     image_s, guided = timed(lambda: GuidedFilter(guide, radius, config.guided_filter_eps), repeats)
-    click_s = {}
+    preview_filter = GuidedFilter(halve(guide), max(1, round(radius / 2)), config.guided_filter_eps)
+    click_s, preview_s = {}, {}
     rows = torch.arange(height, dtype=torch.float32)[:, None]
     cols = torch.arange(width, dtype=torch.float32)
     for instances in (2, 5, 10):
@@ -185,13 +190,17 @@ def measure_refinement(config, height: int, width: int, repeats: int, timed) -> 
         )
         probabilities = (logits / config.guided_filter_temperature).softmax(0)
 
-        def refine(probabilities=probabilities, instances=instances):
-            refined = guided(probabilities[:instances], guide)
+        def refine(probabilities=probabilities, instances=instances, preview=False):
+            if preview:
+                refined = preview_filter(halve(probabilities[:instances]), guide)
+            else:
+                refined = guided(probabilities[:instances], guide)
             return fuse_instances(torch.cat([refined, 1.0 - refined.sum(0, keepdim=True)]), [1] * instances)
 
         refine()  # warm-up
         click_s[instances], _ = timed(refine, repeats)
-    return image_s, click_s
+        preview_s[instances], _ = timed(lambda refine=refine: refine(preview=True), repeats)
+    return image_s, click_s, preview_s
 
 
 def rate_row(result: dict) -> str:
@@ -265,14 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         "| preset | input | boundary refinement (`guided_filter_radius`): per image (s) | per click, 2 inst (s) | "
-        "5 inst (s) | 10 inst (s) |"
+        "5 inst (s) | 10 inst (s) | app preview, 2 inst (s) | 5 inst (s) | 10 inst (s) |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for result in results:
-        refine = result["refine_click_s"]
+        refine, preview = result["refine_click_s"], result["refine_preview_s"]
         print(
             f"| {result['preset']} | {result['size']} | {result['refine_image_s']:.3f} | {refine['2']:.3f} | "
-            f"{refine['5']:.3f} | {refine['10']:.3f} |"
+            f"{refine['5']:.3f} | {refine['10']:.3f} | {preview['2']:.3f} | {preview['5']:.3f} | {preview['10']:.3f} |"
         )
     if args.json:
         with open(args.json, "w") as handle:

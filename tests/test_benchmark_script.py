@@ -25,12 +25,14 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
     rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
     rate_rows = [line for line in rows if line.count("/") >= 9]  # GFLOP / GFLOP/s / fraction per stage
     assert len(rate_rows) == 1
-    # The boundary refinement's table: per image, then per click of 2, 5 and 10 instances.
-    assert result["refine_image_s"] > 0 and set(result["refine_click_s"]) == {"2", "5", "10"}
-    assert all(seconds > 0 for seconds in result["refine_click_s"].values())
+    # The boundary refinement's table: per image, then per click of 2, 5 and 10 instances, exact and preview.
+    assert result["refine_image_s"] > 0
+    assert set(result["refine_click_s"]) == set(result["refine_preview_s"]) == {"2", "5", "10"}
+    assert all(seconds > 0 for seconds in [*result["refine_click_s"].values(), *result["refine_preview_s"].values()])
     (refine_row,) = [line for line in rows if line not in rate_rows]
     assert [float(cell) for cell in refine_row.strip("| ").split(" | ")[2:]] == [
-        round(value, 3) for value in (result["refine_image_s"], *result["refine_click_s"].values())
+        round(value, 3)
+        for value in (result["refine_image_s"], *result["refine_click_s"].values(), *result["refine_preview_s"].values())
     ]
 
 

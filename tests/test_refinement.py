@@ -9,8 +9,7 @@ import torch
 from test_modeling import tiny_model
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor
-from dynamite_hf.predictor import _halved
-from dynamite_hf.refinement import GuidedFilter, box_mean, image_to_guide
+from dynamite_hf.refinement import GuidedFilter, box_mean, halve, image_to_guide
 
 
 def test_box_mean_is_the_mean_over_the_window_inside_the_image() -> None:
@@ -55,7 +54,7 @@ def test_fitted_at_half_size_a_boundary_still_snaps_to_the_edge() -> None:
     probabilities = ramp.expand(height, width)[None].clone()
     for edge in (19, 20, 21):
         guide = step_edge(height, width, edge)
-        refined = GuidedFilter(_halved(guide), radius=3, eps=1e-3)(_halved(probabilities), guide)
+        refined = GuidedFilter(halve(guide), radius=3, eps=1e-3)(halve(probabilities), guide)
         assert refined.shape == (1, height, width)
         first_inside = (refined[0] > 0.5).int().argmax(1)
         assert ((first_inside == edge) | (first_inside == edge + 1)).all(), (edge, first_inside)
