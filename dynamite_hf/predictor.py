@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .clicks import Click, without_instance
 from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
 from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel, fuse_instances, group_query_logits
-from .refinement import GuidedFilter, half_size, halve, image_to_guide
+from .refinement import GuidedFilter, half_radius, half_size, halve, image_to_guide
 
 
 @dataclass(frozen=True)
@@ -326,8 +326,9 @@ class DynamitePredictor:
         if self._preview_filter is None:
             config = self.model.config
             guide = image_to_guide(self._image, half_size(self._image_size))
-            radius = max(1, round(config.guided_filter_radius / 2))
-            self._preview_filter = GuidedFilter(guide, radius, config.guided_filter_eps)
+            self._preview_filter = GuidedFilter(
+                guide, half_radius(config.guided_filter_radius), config.guided_filter_eps
+            )
         return self._preview_filter
 
     def _guide_at(self, output_size: tuple[int, int]) -> torch.Tensor:

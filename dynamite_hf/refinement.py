@@ -58,15 +58,20 @@ def image_to_guide(image: np.ndarray, size: tuple[int, int] | None = None) -> Te
     return guide
 
 
-
 def half_size(size: tuple[int, int]) -> tuple[int, int]:
     """`(height, width)` halved, rounded up: where the app's previews fit the filter (`DynamitePredictor`)."""
     return (size[0] + 1) // 2, (size[1] + 1) // 2
 
 
+def half_radius(radius: int) -> int:
+    """The radius of the filter fitted at `half_size` that matches `radius` at the full size (at least 1)."""
+    return max(1, round(radius / 2))
+
+
 def halve(maps: Tensor) -> Tensor:
     """`(C, h, w)` maps at `half_size` (antialiased bilinear, as `image_to_guide` shrinks the guide)."""
     return F.interpolate(maps[None], size=half_size(tuple(maps.shape[1:])), mode="bilinear", antialias=True)[0]
+
 
 class GuidedFilter:
     """The colour guided filter of one image at the model's working size; apply it to any number of class maps.

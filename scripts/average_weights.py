@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", required=True, help="two or more save_pretrained folders")
-    parser.add_argument("--weights", nargs="+", type=float, help="one per model, positive, summing to 1 (default: equal)")
+    parser.add_argument(
+        "--weights", nargs="+", type=float, help="one per model, positive, summing to 1 (default: equal)"
+    )
     parser.add_argument("--output", required=True, help="the save_pretrained folder to write")
     args = parser.parse_args(argv)
 

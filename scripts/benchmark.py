@@ -165,12 +165,12 @@ def measure_refinement(
     import torch
 
     from dynamite_hf.modeling_dynamite import fuse_instances
-    from dynamite_hf.refinement import GuidedFilter, halve
+    from dynamite_hf.refinement import GuidedFilter, half_radius, halve
 
     radius = config.guided_filter_radius or 8
     guide = torch.rand(3, height, width)
     image_s, guided = timed(lambda: GuidedFilter(guide, radius, config.guided_filter_eps), repeats)
-    preview_filter = GuidedFilter(halve(guide), max(1, round(radius / 2)), config.guided_filter_eps)
+    preview_filter = GuidedFilter(halve(guide), half_radius(radius), config.guided_filter_eps)
     click_s, preview_s = {}, {}
     rows = torch.arange(height, dtype=torch.float32)[:, None]
     cols = torch.arange(width, dtype=torch.float32)

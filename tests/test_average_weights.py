@@ -35,7 +35,9 @@ def saved(folder: Path, seed: int, **overrides) -> Path:
 def test_the_average_is_the_weighted_sum_with_the_first_models_config(tmp_path, capsys) -> None:
     first = saved(tmp_path / "a", 1, guided_filter_radius=8)
     second = saved(tmp_path / "b", 2)
-    script().main(["--models", str(first), str(second), "--weights", "0.25", "0.75", "--output", str(tmp_path / "soup")])
+    script().main(
+        ["--models", str(first), str(second), "--weights", "0.25", "0.75", "--output", str(tmp_path / "soup")]
+    )
     soup = DynamiteModel.from_pretrained(tmp_path / "soup")
     a, b = DynamiteModel.from_pretrained(first).state_dict(), DynamiteModel.from_pretrained(second).state_dict()
     for key, value in soup.state_dict().items():

@@ -32,7 +32,11 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
     (refine_row,) = [line for line in rows if line not in rate_rows]
     assert [float(cell) for cell in refine_row.strip("| ").split(" | ")[2:]] == [
         round(value, 3)
-        for value in (result["refine_image_s"], *result["refine_click_s"].values(), *result["refine_preview_s"].values())
+        for value in (
+            result["refine_image_s"],
+            *result["refine_click_s"].values(),
+            *result["refine_preview_s"].values(),
+        )
     ]
 
 
