@@ -111,17 +111,24 @@ def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int])
         an instance beats background on a tie, as `torch.argmax` over `[instances..., background queries...]`.
     """
     instance_logits, background_logits = group_query_logits(query_logits, num_clicks_per_instance)
+    return instance_logits, label_instances(instance_logits, background_logits)
+
+
+def label_instances(instance_scores: Tensor, background_score: Tensor | None = None) -> Tensor:
+    """The label map `(height, width)` int64 of per-instance scores `(num_instances, height, width)` and the
+    background's `(height, width)` (or None): 0 where the background is strictly highest, else `k + 1` for the
+    highest instance `k`, the lower instance on ties (`fuse_instances`' rule)."""
     # argmax over [instances..., background] as a running comparison (a reduction over a short leading axis
     # is slow in torch); updating only on a strictly greater value keeps the first index on ties.
-    best_value = instance_logits[0].clone()
+    best_value = instance_scores[0].clone()
     label_map = torch.ones(best_value.shape, dtype=torch.long, device=best_value.device)
-    for index in range(1, instance_logits.shape[0]):
-        better = instance_logits[index] > best_value
-        best_value = torch.where(better, instance_logits[index], best_value)
+    for index in range(1, instance_scores.shape[0]):
+        better = instance_scores[index] > best_value
+        best_value = torch.where(better, instance_scores[index], best_value)
         label_map.masked_fill_(better, index + 1)
-    if background_logits is not None:
-        label_map.masked_fill_(background_logits > best_value, 0)
-    return instance_logits, label_map
+    if background_score is not None:
+        label_map.masked_fill_(background_score > best_value, 0)
+    return label_map
 
 
 class DynamitePreTrainedModel(PreTrainedModel):

@@ -161,10 +161,11 @@ def measure_refinement(
     `guided_filter_radius` is positive, as in the bundled model; its radius 8 otherwise) at `height x width`:
     building the image's filter (once per image, on its first click) and, per click of 2 / 5 / 10 instances,
     filtering the instance probabilities and fusing them (the output at the same size); and the same per click
-    for the app's preview (`DynamitePredictor.preview_label_map`: fitted at half the size, applied at it)."""
+    for the app's preview (`DynamitePredictor.preview_label_map`: probabilities at half the size, the filter
+    fitted there and applied at the full size)."""
     import torch
 
-    from dynamite_hf.modeling_dynamite import fuse_instances
+    from dynamite_hf.modeling_dynamite import label_instances
     from dynamite_hf.refinement import GuidedFilter, half_radius, halve
 
     radius = config.guided_filter_radius or 8
@@ -190,12 +191,12 @@ def measure_refinement(
         )
         probabilities = (logits / config.guided_filter_temperature).softmax(0)
 
-        def refine(probabilities=probabilities, instances=instances, preview=False):
-            if preview:
-                refined = preview_filter(halve(probabilities[:instances]), guide)
-            else:
-                refined = guided(probabilities[:instances], guide)
-            return fuse_instances(torch.cat([refined, 1.0 - refined.sum(0, keepdim=True)]), [1] * instances)
+        # The preview's probabilities come from the model at half the size (logits upsampled 2x, not 4x).
+        half_probabilities = halve(probabilities[:instances])
+
+        def refine(probabilities=probabilities, half=half_probabilities, instances=instances, preview=False):
+            refined = preview_filter(half, guide) if preview else guided(probabilities[:instances], guide)
+            return label_instances(refined, 1.0 - refined.sum(0))
 
         refine()  # warm-up
         click_s[instances], _ = timed(refine, repeats)

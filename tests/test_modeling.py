@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModel
 
 from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel, fuse_instances
 from dynamite_hf.conversion import convert_original_state_dict, load_original_state_dict
+from dynamite_hf.modeling_dynamite import label_instances
 
 TINY_HEAD = {
     "hidden_dim": 32,
@@ -253,6 +254,18 @@ def test_fusion_takes_the_max_over_each_instance_and_argmax_against_background()
     # pixel 0: instance 0 (2.0) beats bg (1.5); pixel 1: instance 1; pixel 2: tie between instance 0 and
     # background goes to the instance, as argmax over [instances..., background queries...].
     assert label_map.tolist() == [[1, 2, 1]]
+
+
+def test_labelling_per_instance_maps_follows_the_fusion_rule() -> None:
+    """`label_instances` (the predictor's previews and refined maps, one map per instance) labels as
+    `fuse_instances` with one query per instance: ties to the lower instance, background only when higher."""
+    scores = torch.tensor([[[0.2, 0.5, 0.1, 0.3]], [[0.2, 0.1, 0.6, 0.3]], [[0.1, 0.5, 0.6, 0.0]]])
+    background = torch.tensor([[0.3, 0.5, 0.2, 0.3]])
+    assert label_instances(scores, background).tolist() == [[0, 1, 2, 1]]
+    assert label_instances(scores).tolist() == [[1, 1, 2, 1]]
+    random = torch.randn(5, 7, 9, generator=torch.Generator().manual_seed(0))
+    _, fused = fuse_instances(random, [1, 1, 1, 1])
+    assert torch.equal(label_instances(random[:4], random[4]), fused)
 
 
 def test_save_and_auto_model_round_trip(tmp_path) -> None:
