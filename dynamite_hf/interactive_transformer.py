@@ -122,7 +122,7 @@ class DynamiteAttention(nn.Module):
         may not look. Returns `(batch, q_len, dim)` after the output projection."""
         scores = torch.bmm(queries, keys.transpose(1, 2))
         if blocked is not None:
-            scores = scores.masked_fill(blocked, float("-inf"))
+            scores.masked_fill_(blocked, float("-inf"))  # in place: the scores are this call's own
         attended = torch.bmm(scores.softmax(-1), values)
         batch_heads, length, _ = attended.shape
         attended = (
