@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_module import load_script
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REFERENCE = SHARED / "reference"
@@ -33,10 +33,7 @@ requires_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not f
 
 @functools.cache
 def _recipe():
-    spec = importlib.util.spec_from_file_location("weights_recipe", REFERENCE / "weights_recipe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REFERENCE / "weights_recipe.py", "weights_recipe")
 
 
 def original_state_dict(config_name: str, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from script_module import load_script
 from test_modeling import tiny_model
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel
@@ -15,10 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
 
 
 def script():
-    spec = importlib.util.spec_from_file_location("average_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def saved(folder: Path, seed: int, **overrides) -> Path:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from script_module import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
@@ -43,13 +45,9 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
 def test_flop_count_includes_the_in_place_products() -> None:
     """The inference path adds products into existing tensors (`addmm_`, `baddbmm_`), which `FlopCounterMode`
     does not count by itself: a click's FLOPs must not drop because a product moved in place."""
-    import importlib.util
-
     import torch
 
-    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script(SCRIPT)
     a, b = torch.randn(64, 32), torch.randn(32, 16)
     batch_a, batch_b = torch.randn(3, 64, 32), torch.randn(3, 32, 16)
     out_of_place = benchmark.counted_flops(lambda: (torch.addmm(torch.zeros(16), a, b), torch.bmm(batch_a, batch_b)))

@@ -18,21 +18,18 @@ one instance in k its own click.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_click_learning.py"
 
 
 @pytest.mark.slow
 def test_a_short_run_learns_to_give_each_clicked_shape_its_own_instance(tmp_path) -> None:
-    spec = importlib.util.spec_from_file_location("benchmark_click_learning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(
+    load_script(SCRIPT).main(
         ["--output", str(tmp_path), "--train-images", "600", "--test-images", "20", "--image-size", "160"]
         + ["--crop-size", "160", "--test-short-edge", "160", "--steps", "500", "--batch-size", "8"]
         + ["--processes", "2", "--learning-rate", "1e-3"]

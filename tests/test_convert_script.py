@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 from reference import CONFIGS, inputs, original_state_dict, outputs, reference_clicks, requires_reference
+from script_module import load_script
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel
 
@@ -15,10 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_che
 
 
 def converter():
-    spec = importlib.util.spec_from_file_location("convert_original_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @requires_reference

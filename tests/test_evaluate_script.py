@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from script_module import load_script
 from test_modeling import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
 
 
 def evaluate_main(argv):
-    spec = importlib.util.spec_from_file_location("evaluate_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(argv)
+    load_script(SCRIPT).main(argv)
 
 
 @pytest.mark.parametrize(("mode", "key"), [("single", "NoC@90"), ("multi", "NCI")])
