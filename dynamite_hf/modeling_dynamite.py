@@ -114,17 +114,19 @@ def fuse_instances(query_logits: Tensor, num_clicks_per_instance: Sequence[int])
     return instance_logits, label_instances(instance_logits, background_logits)
 
 
-def label_instances(instance_scores: Tensor, background_score: Tensor | None = None) -> Tensor:
-    """The label map `(height, width)` int64 of per-instance scores `(num_instances, height, width)` and the
-    background's `(height, width)` (or None): 0 where the background is strictly highest, else `k + 1` for the
-    highest instance `k`, the lower instance on ties (`fuse_instances`' rule)."""
+def label_instances(
+    instance_scores: Tensor, background_score: Tensor | None = None, dtype: torch.dtype = torch.long
+) -> Tensor:
+    """The label map `(height, width)` (`dtype`, int64 by default) of per-instance scores `(num_instances, height,
+    width)` and the background's `(height, width)` (or None): 0 where the background is strictly highest, else
+    `k + 1` for the highest instance `k`, the lower instance on ties (`fuse_instances`' rule)."""
     # argmax over [instances..., background] as a running comparison (a reduction over a short leading axis
     # is slow in torch); updating only on a strictly greater value keeps the first index on ties.
     best_value = instance_scores[0].clone()
-    label_map = torch.ones(best_value.shape, dtype=torch.long, device=best_value.device)
+    label_map = torch.ones(best_value.shape, dtype=dtype, device=best_value.device)
     for index in range(1, instance_scores.shape[0]):
         better = instance_scores[index] > best_value
-        best_value = torch.where(better, instance_scores[index], best_value)
+        torch.maximum(best_value, instance_scores[index], out=best_value)
         label_map.masked_fill_(better, index + 1)
     if background_score is not None:
         label_map.masked_fill_(background_score > best_value, 0)

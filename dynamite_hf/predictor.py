@@ -183,8 +183,8 @@ class DynamitePredictor:
             resized = F.interpolate(scores[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
             # One map per instance, the last (if any) the background's: the usual fusion rule.
             background = resized[num_instances] if resized.shape[0] > num_instances else None
-            label_map = label_instances(resized[:num_instances], background)
-        return label_map.cpu().numpy().astype(np.int32)
+            label_map = label_instances(resized[:num_instances], background, dtype=torch.int32)
+        return label_map.cpu().numpy()
 
     def _grouped_logits(self, clicks: list[Click], half: bool = False) -> tuple[torch.Tensor, int]:
         """Each instance's logits, then the background's (if any query is background), at the working size
@@ -321,8 +321,8 @@ class DynamitePredictor:
                 refined = F.interpolate(refined[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
             # The background's probability is 1 minus the instances' (resizing is linear, so resized or not is
             # the same up to rounding); then the fusion rule over one map per instance and the background's.
-            label_map = label_instances(refined, 1.0 - refined.sum(0))
-        return label_map.numpy().astype(np.int32)
+            label_map = label_instances(refined, 1.0 - refined.sum(0), dtype=torch.int32)
+        return label_map.numpy()
 
     def _guide_working_size(self) -> torch.Tensor:
         if self._working_guide is None:
