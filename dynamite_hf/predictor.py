@@ -193,16 +193,10 @@ class DynamitePredictor:
         model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
         features = self._features
         query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
-        if half:
-            # Upsampled 2x (not 4x) from stride 4 and cropped at half the working size: a quarter of the pixels.
-            padded = half_size(features.padded_size)
-            logits = F.interpolate(query_logits, size=padded, mode="bilinear", align_corners=False)[0]
-            height, width = half_size(self._image_size)
-            logits = logits[:, :height, :width]
-        else:
-            logits = self.model.post_process_logits(
-                query_logits[0], features.padded_size, self._image_size, self._image_size
-            )
+        padded_size, image_size = features.padded_size, self._image_size
+        if half:  # upsampled 2x (not 4x) from stride 4 and cropped at half the working size: a quarter of the pixels
+            padded_size, image_size = half_size(padded_size), half_size(image_size)
+        logits = self.model.post_process_logits(query_logits[0], padded_size, image_size, image_size)
         instance_logits, background_logits = group_query_logits(logits, counts[0])
         if background_logits is not None:
             instance_logits = torch.cat([instance_logits, background_logits[None]])
