@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -243,7 +245,8 @@ def evaluate_noc(model: DynamiteModel, samples) -> dict[str, float]:
 
 
 def train(arguments: DynamiteTrainingArguments) -> dict:
-    """Run (or resume) training; returns the summary also written to `<output_dir>/train_summary.json`."""
+    """Run (or resume) training; returns the summary also written to `<output_dir>/train_summary.json`. In a
+    multi-process run every process exits at the end instead (after the outputs are written; see below)."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, gather_object
     from tqdm.auto import tqdm
@@ -444,7 +447,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     }
     if skipped:
         accelerator.print(f"skipped {sum(skipped.values())} unusable row(s): {dict(skipped)}")
-    accelerator.wait_for_everyone()
+    with collective_failures_named(rank, world, state, arguments.collective_timeout):
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # The trained weights hold the backbone: loading them must not need the ImageNet weights package.
         unwrapped.model.config.use_imagenet_backbone = False
@@ -455,6 +459,18 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if arguments.push_to_hub:
             unwrapped.model.push_to_hub(arguments.hub_model_id)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every output is written. Accelerate's end_training() tears the process group down, but the DDP wrapper's
+        # reducer still holds it, and freeing that (when train() returns) ran gloo's destructor after the other
+        # process had gone: it hung now and then (about 1 two-process run in 8 here, and once in CI). So the
+        # processes leave together and exit without running it.
+        with collective_failures_named(rank, world, state, arguments.collective_timeout):
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(0)
     accelerator.end_training()
     return summary
 
