@@ -219,6 +219,35 @@ class DynamiteDecoderLayer(nn.Module):
         self.cross_attention = DynamiteCrossAttentionLayer(dim, num_heads)
         self.ffn = DynamiteFeedForward(dim, ffn_dim)
 
+    def few_keys_weights(self, query_keys: Tensor, query_values: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The click-dependent factors of the reassociated attention (`_attend_few_keys`), computed once per click:
+        `scores = pixel_inputs @ score_weight + score_bias` and `output = softmax(scores) @ output_weight + b_o`.
+
+        Returns `score_weight` `(batch, dim, heads * keys)`, `score_bias` `(batch, 1, heads * keys)` and
+        `output_weight` `(batch, heads * keys, dim)`, with the key axis padded to `key_multiple` by keys that
+        score -inf (weight exactly 0).
+        """
+        attention = self.cross_attention.attention
+        heads, head_dim = attention.num_heads, attention.head_dim
+        batch, num_queries, dim = query_keys.shape
+        scale = math.sqrt(1.0 / head_dim)
+        keys = attention.k_proj(query_keys).view(batch, num_queries, heads, head_dim) * scale
+        values = attention.v_proj(query_values).view(batch, num_queries, heads, head_dim)
+        w_q = attention.q_proj.weight.view(heads, head_dim, dim)
+        w_o = attention.out_proj.weight.view(dim, heads, head_dim)
+        score_bias = torch.einsum("hd,bqhd->bhq", attention.q_proj.bias.view(heads, head_dim), keys)
+        padding = -num_queries % self.key_multiple
+        if padding:
+            # Zero keys and values, and a bias of -inf: the padded keys get a softmax weight of exactly 0.
+            keys = F.pad(keys, (0, 0, 0, 0, 0, padding))
+            values = F.pad(values, (0, 0, 0, 0, 0, padding))
+            score_bias = F.pad(score_bias, (0, padding), value=float("-inf"))
+            num_queries += padding
+        # (batch, dim, heads * queries) and (batch, heads * queries): scores = x @ score_weight + score_bias.
+        score_weight = torch.einsum("hdc,bqhd->bchq", w_q, keys).reshape(batch, dim, heads * num_queries)
+        output_weight = torch.einsum("chd,bqhd->bhqc", w_o, values).reshape(batch, heads * num_queries, dim)
+        return score_weight, score_bias.reshape(batch, 1, -1), output_weight
+
     def _attend_few_keys(
         self,
         pixel_inputs: Tensor,
@@ -239,37 +268,49 @@ class DynamiteDecoderLayer(nn.Module):
         adds its `C`), into `residual` itself with `overwrite_residual`: no full-size bias copy, no separate sum.
         """
         attention = self.cross_attention.attention
-        heads, head_dim = attention.num_heads, attention.head_dim
-        batch, num_pixels, dim = pixel_inputs.shape
-        num_queries = query_keys.shape[1]
-        scale = math.sqrt(1.0 / head_dim)
-        keys = attention.k_proj(query_keys).view(batch, num_queries, heads, head_dim) * scale
-        values = attention.v_proj(query_values).view(batch, num_queries, heads, head_dim)
-        w_q = attention.q_proj.weight.view(heads, head_dim, dim)
-        w_o = attention.out_proj.weight.view(dim, heads, head_dim)
-        score_bias = torch.einsum("hd,bqhd->bhq", attention.q_proj.bias.view(heads, head_dim), keys)
-        padding = -num_queries % self.key_multiple
-        if padding:
-            # Zero keys and values, and a bias of -inf: the padded keys get a softmax weight of exactly 0.
-            keys = F.pad(keys, (0, 0, 0, 0, 0, padding))
-            values = F.pad(values, (0, 0, 0, 0, 0, padding))
-            score_bias = F.pad(score_bias, (0, padding), value=float("-inf"))
-            num_queries += padding
-        # (batch, dim, heads * queries) and (batch, heads * queries): scores = x @ score_weight + score_bias.
-        score_weight = torch.einsum("hdc,bqhd->bchq", w_q, keys).reshape(batch, dim, heads * num_queries)
-        output_weight = torch.einsum("chd,bqhd->bhqc", w_o, values).reshape(batch, heads * num_queries, dim)
-        scores = torch.baddbmm(score_bias.reshape(batch, 1, -1), pixel_inputs, score_weight)
-        weights = scores.view(batch, num_pixels, heads, num_queries).softmax(-1).view(batch, num_pixels, -1)
+        score_weight, score_bias, output_weight = self.few_keys_weights(query_keys, query_values)
+        weights = self._few_keys_softmax(torch.baddbmm(score_bias, pixel_inputs, score_weight))
         if residual is None:
             # Training keeps the bias as the GEMM's C. Folded in, it adds `g . b_o / heads` to the gradient of
             # every weight of a head, which the softmax's backward subtracts again: the same up to rounding (the
             # input's gradient 5.7e-7 from float64 against 5.0e-7), yet `tests/test_click_learning.py`'s short
             # run, sensitive to rounding, gave 77 % / 61 % / mIoU 0.32 with the fold, 99 % / 90 % / 0.66 without.
             return torch.baddbmm(attention.out_proj.bias, weights, output_weight)
-        output_weight = output_weight + attention.out_proj.bias / heads
+        output_weight = output_weight + attention.out_proj.bias / attention.num_heads
         if overwrite_residual:
             return residual.baddbmm_(weights, output_weight)
         return torch.baddbmm(residual, weights, output_weight)
+
+    def _few_keys_softmax(self, scores: Tensor) -> Tensor:
+        """Softmax over each head's keys of `scores` `(batch, rows, heads * keys)`."""
+        batch, rows, _ = scores.shape
+        heads = self.cross_attention.attention.num_heads
+        return scores.view(batch, rows, heads, -1).softmax(-1).view(batch, rows, -1)
+
+    def click_factors(self, query_keys: Tensor, query_values: Tensor, few_keys: bool) -> tuple[Tensor, ...]:
+        """Inference: what `forward_rows` needs of the clicks, computed once per click for every block of rows.
+        Few keys: `few_keys_weights` with the output bias folded in (`_attend_few_keys`); else the projected
+        keys and values."""
+        attention = self.cross_attention.attention
+        if not few_keys:
+            return attention.project_memory(query_keys, query_values)
+        score_weight, score_bias, output_weight = self.few_keys_weights(query_keys, query_values)
+        return score_weight, score_bias, output_weight + attention.out_proj.bias / attention.num_heads
+
+    def _attend_rows(self, rows: Tensor, row_inputs: Tensor, factors: tuple[Tensor, ...]) -> Tensor:
+        """Inference: `rows + attention(row_inputs)` into `rows`, from `click_factors`."""
+        if len(factors) == 3:
+            score_weight, score_bias, output_weight = factors
+            return rows.baddbmm_(
+                self._few_keys_softmax(torch.baddbmm(score_bias, row_inputs, score_weight)), output_weight
+            )
+        attention = self.cross_attention.attention
+        return rows.add_(attention.attend(attention.project_queries(row_inputs), *factors))
+
+    def forward_rows(self, rows: Tensor, row_inputs: Tensor, factors: tuple[Tensor, ...]) -> Tensor:
+        """Inference over a block of pixels (the layer treats every pixel on its own): `rows` `(batch, n, dim)`
+        (overwritten) and `row_inputs` = rows + their position encoding, `factors` from `click_factors`."""
+        return self.ffn(self.cross_attention.norm(self._attend_rows(rows, row_inputs, factors)), overwrite_input=True)
 
     def forward(
         self,
@@ -342,6 +383,9 @@ class DynamiteTransformerMemory:
 
 class DynamiteInteractiveTransformer(nn.Module):
     """Click queries -> per-query mask logits, given the pixel-decoder features of the image."""
+
+    # Pixels per block of the decoder's eager inference (`_decode_in_blocks`).
+    decoder_block_rows: int = 4096
 
     def __init__(self, config: DynamiteConfig) -> None:
         super().__init__()
@@ -494,21 +538,52 @@ class DynamiteInteractiveTransformer(nn.Module):
             return logits, auxiliary
         if output_auxiliary:
             auxiliary.append(logits)
+        query_keys = hidden + position
+        if not torch.is_grad_enabled() and all(layer.ffn.chunked for layer in self.decoder_layers):
+            return self._decode_in_blocks(mask_features, memory, hidden, query_keys), auxiliary
         _, dim, height, width = mask_features.shape
         pixels = mask_features.flatten(2).transpose(1, 2)
-        query_keys = hidden + position
-        # In eager inference the later layers' inputs go into one reused buffer, and each layer may sum into the
-        # `pixels` the previous one made (the first layer's are the cached mask features, which stay as they are).
-        reuse = not torch.is_grad_enabled() and all(layer.ffn.chunked for layer in self.decoder_layers)
         pixel_inputs = memory.decoder_first_inputs
         for index, layer in enumerate(self.decoder_layers):
             if index > 0:
-                position = memory.decoder_pixel_position
-                if reuse:
-                    buffer = pixel_inputs if pixel_inputs is not memory.decoder_first_inputs else None
-                    pixel_inputs = torch.add(pixels, position, out=buffer)
-                else:
-                    pixel_inputs = pixels + position
-            pixels = layer(pixels, pixel_inputs, query_keys, hidden, overwrite_pixels=reuse and index > 0)
+                pixel_inputs = pixels + memory.decoder_pixel_position
+            pixels = layer(pixels, pixel_inputs, query_keys, hidden)
         refined = pixels.transpose(1, 2).reshape(batch, dim, height, width)
         return self._predict(hidden, refined), auxiliary
+
+    def _decode_in_blocks(
+        self, mask_features: Tensor, memory: DynamiteTransformerMemory, hidden: Tensor, query_keys: Tensor
+    ) -> Tensor:
+        """Eager inference of the decoder layers and the mask head, one block of pixels at a time.
+
+        Each decoder layer treats every pixel on its own (the pixels attend to the queries, not to each other), so
+        a block of `decoder_block_rows` pixels can go through every layer and the mask head before the next block:
+        its activations (a few MB) stay in the CPU's caches instead of every layer streaming the whole
+        `(pixels, dim)` map (62 MB for a paper preset at 800x1216) through memory several times. The same function
+        as the layer-by-layer form, summed in the same order per pixel (equal up to GEMM blocking's rounding).
+        """
+        batch, dim, height, width = mask_features.shape
+        features = mask_features.view(batch, dim, height * width)
+        embedding = self.mask_embed(self.layer_norm(hidden))
+        few_keys = [
+            layer.use_few_keys_attention
+            if layer.use_few_keys_attention is not None
+            else layer.cross_attention.attention.num_heads * query_keys.shape[1] < dim
+            for layer in self.decoder_layers
+        ]
+        factors = [
+            layer.click_factors(query_keys, hidden, few)
+            for layer, few in zip(self.decoder_layers, few_keys, strict=True)
+        ]
+        logits = features.new_empty(batch, height * width, embedding.shape[1])
+        step = self.decoder_block_rows
+        for start in range(0, height * width, step):
+            stop = min(start + step, height * width)
+            rows = features[:, :, start:stop].transpose(1, 2).contiguous()
+            row_inputs = memory.decoder_first_inputs[:, start:stop]
+            for index, layer in enumerate(self.decoder_layers):
+                if index > 0:
+                    row_inputs = rows + memory.decoder_pixel_position[:, start:stop]
+                rows = layer.forward_rows(rows, row_inputs, factors[index])
+            logits[:, start:stop] = torch.bmm(rows, embedding.transpose(1, 2))
+        return logits.transpose(1, 2).reshape(batch, -1, height, width)

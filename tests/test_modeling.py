@@ -202,6 +202,32 @@ def test_decoder_attention_sums_its_residual_in_the_product() -> None:
     torch.testing.assert_close(training.detach(), inference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("instances", [2, 24])  # few keys (heads x queries < dim) and the standard attention
+def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch, instances: int) -> None:
+    """Eager inference runs every decoder layer and the mask head over one block of pixels at a time; blocks
+    that do not divide the pixel count, over a batch of two images, give the layer-by-layer logits."""
+    model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2, decoder_layers=2)
+    transformer = model.interactive_transformer
+    pixel_values = torch.randn(2, 3, 96, 128)
+    clicks = [
+        [Click(k, 5.0 + 3 * k, 7.0 + 5 * k, k, "model") for k in range(instances)],
+        [Click(k, 90.0 - 3 * k, 120.0 - 5 * k, k, "model") for k in range(instances)],
+    ]
+    assert (2 * (instances + 9) < 64) == (instances == 2)
+    calls = []
+    monkeypatch.setattr(transformer, "decoder_block_rows", 37)
+    original = transformer._decode_in_blocks
+    monkeypatch.setattr(transformer, "_decode_in_blocks", lambda *a: calls.append(1) or original(*a))
+    with torch.inference_mode():
+        blocks = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+        assert calls  # the block path ran
+        for layer in transformer.decoder_layers:
+            monkeypatch.setattr(layer.ffn, "chunked", False)  # as an exported graph: layer by layer
+        layers = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+    assert len(calls) == 1
+    torch.testing.assert_close(blocks, layers, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
 def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
     """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
