@@ -209,10 +209,11 @@ class DynamiteDecoderLayer(nn.Module):
     # Which attention to compute: None picks per call by size (below); an exported graph, whose query count is
     # symbolic, pins one (both are the same function).
     use_few_keys_attention: bool | None = None
-    # The few-keys path pads the key axis to a multiple of this with keys that score -inf (weight exactly 0):
-    # PyTorch's CPU softmax over a last axis of 9-15 elements runs 5-10x slower than over 16. An exported
-    # graph pins 1 (no padding), as its query count is symbolic.
-    key_multiple: int = 16
+    # The few-keys path pads the key axis up to this many keys with keys that score -inf (weight exactly 0):
+    # PyTorch's CPU softmax over a last axis of 9-15 elements runs 5-10x slower than over 16 or more (which are
+    # all fast), while the two GEMMs grow with every key. An exported graph pins 0 (no padding), as its query
+    # count is symbolic.
+    min_keys: int = 16
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int) -> None:
         super().__init__()
@@ -224,7 +225,7 @@ class DynamiteDecoderLayer(nn.Module):
         `scores = pixel_inputs @ score_weight + score_bias` and `output = softmax(scores) @ output_weight + b_o`.
 
         Returns `score_weight` `(batch, dim, heads * keys)`, `score_bias` `(batch, 1, heads * keys)` and
-        `output_weight` `(batch, heads * keys, dim)`, with the key axis padded to `key_multiple` by keys that
+        `output_weight` `(batch, heads * keys, dim)`, with the key axis padded up to `min_keys` by keys that
         score -inf (weight exactly 0).
         """
         attention = self.cross_attention.attention
@@ -236,7 +237,7 @@ class DynamiteDecoderLayer(nn.Module):
         w_q = attention.q_proj.weight.view(heads, head_dim, dim)
         w_o = attention.out_proj.weight.view(dim, heads, head_dim)
         score_bias = torch.einsum("hd,bqhd->bhq", attention.q_proj.bias.view(heads, head_dim), keys)
-        padding = -num_queries % self.key_multiple
+        padding = max(self.min_keys - num_queries, 0)
         if padding:
             # Zero keys and values, and a bias of -inf: the padded keys get a softmax weight of exactly 0.
             keys = F.pad(keys, (0, 0, 0, 0, 0, padding))

@@ -230,14 +230,14 @@ def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch
 
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
 def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
-    """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded to a
-    multiple of 16 or not, is the same function."""
+    """The reassociated decoder attention (used while heads x queries < dim), with its key axis padded up to 16
+    keys or not, is the same function."""
     model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2)
     layer = model.interactive_transformer.decoder_layers[0]
     pixels, keys, values = torch.randn(2, 50, 64), torch.randn(2, num_keys, 64), torch.randn(2, num_keys, 64)
     with torch.inference_mode():
         padded = layer._attend_few_keys(pixels, keys, values)
-        layer.key_multiple = 1
+        layer.min_keys = 0
         unpadded = layer._attend_few_keys(pixels, keys, values)
         standard = layer.cross_attention.attention(pixels, keys, values)
     assert torch.isfinite(padded).all()
