@@ -10,10 +10,13 @@ instances (one click each, plus one background click), and the peak resident mem
 5-instance clicks (what the original's own driver measured: one image, clicks of 2 and 5 instances) and up to
 the 10-instance ones. Each preset runs in its own process so that its peak memory is its own.
 
-A second table puts the times against this machine's fp32 GEMM rate, measured in the same process before and
-after the stages on the decoder FFN's own shapes (every stride-4 pixel x hidden_dim x decoder_ffn_dim, both
-ways). Each stage's FLOPs are counted with `torch.utils.flop_counter` (matrix products and convolutions), and
-the fraction of the GEMM rate a stage reaches is the figure to track: absolute times drift on shared machines.
+A second table puts the times against this machine's fp32 GEMM rate on the decoder FFN's own shapes: the
+decoder runs over blocks of `decoder_block_rows` stride-4 pixels, so the probe multiplies such blocks by
+hidden_dim x decoder_ffn_dim and back, over every stride-4 pixel. It runs once before the stages, once after,
+and once after every timed run; each stage is set against the median of the probes beside its own runs, so
+that a machine whose speed drifts during the run (shared machines do) moves both figures alike. Each stage's
+FLOPs are counted with `torch.utils.flop_counter` (matrix products and convolutions), and the fraction of the
+GEMM rate a stage reaches is the figure to track: absolute times drift on shared machines.
 """
 
 from __future__ import annotations
@@ -26,20 +29,33 @@ import sys
 import time
 
 
-def gemm_rate(rows: int, dim: int, ffn_dim: int, repeats: int = 5) -> float:
-    """GFLOP/s of fp32 `torch.matmul` on the decoder FFN's shapes, `(rows, dim) @ (dim, ffn_dim)` and back."""
-    import torch
+class GemmProbe:
+    """GFLOP/s of fp32 `torch.matmul` on the decoder FFN's shapes: `(block_rows, dim) @ (dim, ffn_dim)` and back,
+    over blocks covering `rows` (the decoder's inference runs over blocks of pixels). Its buffers are one block's
+    (a few MB), so probing beside the timed stages leaves their peak memory as it was."""
 
-    x, w1, w2 = torch.randn(rows, dim), torch.randn(dim, ffn_dim), torch.randn(ffn_dim, dim)
-    hidden, output = torch.empty(rows, ffn_dim), torch.empty(rows, dim)
-    flops = 2 * 2 * rows * dim * ffn_dim
-    times = []
-    for _ in range(repeats + 1):
+    def __init__(self, rows: int, dim: int, ffn_dim: int, block_rows: int) -> None:
+        import torch
+
+        block_rows = min(block_rows, rows)
+        self.blocks = -(-rows // block_rows)
+        self.x, self.w1, self.w2 = torch.randn(block_rows, dim), torch.randn(dim, ffn_dim), torch.randn(ffn_dim, dim)
+        self.hidden, self.output = torch.empty(block_rows, ffn_dim), torch.empty(block_rows, dim)
+        self.flops = 2 * 2 * block_rows * dim * ffn_dim * self.blocks
+
+    def once(self) -> float:
+        import torch
+
         start = time.perf_counter()
-        torch.matmul(x, w1, out=hidden)
-        torch.matmul(hidden, w2, out=output)
-        times.append(time.perf_counter() - start)
-    return flops / statistics.median(times[1:]) / 1e9
+        for _ in range(self.blocks):
+            torch.matmul(self.x, self.w1, out=self.hidden)
+            torch.matmul(self.hidden, self.w2, out=self.output)
+        return self.flops / (time.perf_counter() - start) / 1e9
+
+    def rate(self, repeats: int = 5) -> float:
+        """The median of `repeats` probes after a warm-up."""
+        self.once()
+        return statistics.median(self.once() for _ in range(repeats))
 
 
 def _product_flops(self_shape, first_shape, second_shape, *args, out_shape=None, **kwargs) -> int:
@@ -101,22 +117,31 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
     padded = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
     pixel_values = torch.randn(1, 3, *padded)
 
-    def timed(function, count):
+    config = model.config
+    probe = GemmProbe(
+        padded[0] // 4 * padded[1] // 4,
+        config.hidden_dim,
+        config.decoder_ffn_dim,
+        model.interactive_transformer.decoder_block_rows,
+    )
+    beside = {}  # stage -> the GEMM rates probed after each of its timed runs
+
+    def timed(function, count, stage=None):
         times, result = [], None
         for _ in range(count):
             result = None  # the last run's output is not held while the next one runs (two images' features)
             start = time.perf_counter()
             result = function()
             times.append(time.perf_counter() - start)
+            if stage is not None:
+                beside.setdefault(stage, []).append(probe.once())
         return statistics.median(times), result
 
-    config = model.config
-    probe = (padded[0] // 4 * padded[1] // 4, config.hidden_dim, config.decoder_ffn_dim)
     with torch.inference_mode():
-        gemm_before = gemm_rate(*probe)
-        reset_peak_memory()  # the peak below is the stages', not the probe's
+        gemm_before = probe.rate()
+        reset_peak_memory()  # the peak below is the stages'
         model.get_image_features(pixel_values)  # warm-up
-        image_seconds, features = timed(lambda: model.get_image_features(pixel_values), repeats)
+        image_seconds, features = timed(lambda: model.get_image_features(pixel_values), repeats, "image")
         runs, click_seconds = {}, {}
         for instances in (2, 5, 10):
             clicks = [
@@ -128,7 +153,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
                 return model(image_features=features, clicks=[clicks], image_sizes=[(height, width)]).label_maps[0]
 
             run()  # warm-up
-            click_seconds[instances], _ = timed(run, repeats)
+            click_seconds[instances], _ = timed(run, repeats, f"click_{instances}")
             runs[f"click_{instances}"] = run
             if instances == 5:  # the original's own driver measured one image and clicks of 2 and 5 instances
                 peak_5_mb = peak_memory_mb()
@@ -136,7 +161,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
         refine_image_s, refine_click_s, refine_preview_s = measure_refinement(config, height, width, repeats, timed)
         flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
         flops.update({stage: counted_flops(run) for stage, run in runs.items()})
-        gemm_after = gemm_rate(*probe)
+        gemm_after = probe.rate()
     return {
         "preset": preset + (" (int8)" if int8 else ""),
         "size": f"{height}x{width}",
@@ -148,6 +173,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
         "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflop": {stage: count / 1e9 for stage, count in flops.items()},
         "gemm_gflops": [gemm_before, gemm_after],
+        "gemm_gflops_beside": {stage: statistics.median(rates) for stage, rates in beside.items()},
         "refine_image_s": refine_image_s,
         "refine_click_s": refine_click_s,
         "refine_preview_s": refine_preview_s,
@@ -205,16 +231,18 @@ def measure_refinement(
 
 
 def rate_row(result: dict) -> str:
-    """A row of the compute-rate table: per stage GFLOP, GFLOP/s and the fraction of the GEMM rate."""
-    gemm = statistics.mean(result["gemm_gflops"])
+    """A row of the compute-rate table: the GEMM probes (before, beside the stages' runs: lowest to highest
+    median, after), then per stage GFLOP, GFLOP/s and the fraction of the GEMM rate probed beside its runs."""
+    beside = result["gemm_gflops_beside"]
     seconds = {"image": result["image_s"], **{f"click_{k}": v for k, v in result["click_s"].items()}}
     cells = []
     for stage in ("image", "click_2", "click_5", "click_10"):
         gflop = result["gflop"][stage]
-        cells.append(f"{gflop:.1f} / {gflop / seconds[stage]:.0f} / {gflop / seconds[stage] / gemm:.2f}")
+        cells.append(f"{gflop:.1f} / {gflop / seconds[stage]:.0f} / {gflop / seconds[stage] / beside[stage]:.2f}")
     before, after = result["gemm_gflops"]
     return (
-        f"| {result['preset']} | {result['size']} | {before:.0f} / {after:.0f} | "
+        f"| {result['preset']} | {result['size']} | {before:.0f} / {min(beside.values()):.0f}-"
+        f"{max(beside.values()):.0f} / {after:.0f} | "
         + " | ".join(cells)
         + f" | {result['features_mb']:.0f} |"
     )
@@ -263,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print()
     print(
-        "| preset | input | GEMM GFLOP/s before / after | per image: GFLOP / GFLOP/s / of GEMM | "
+        "| preset | input | GEMM GFLOP/s before / beside the stages / after | per image: GFLOP / GFLOP/s / of GEMM | "
         "click, 2 inst | 5 inst | 10 inst | one image's features (MB) |"
     )
     print("|---|---|---|---|---|---|---|---|")

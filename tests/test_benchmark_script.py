@@ -22,11 +22,19 @@ def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(t
     assert all(value > 0 for value in result["gflop"].values())
     assert result["gflop"]["click_10"] > result["gflop"]["click_2"]  # more queries, more products
     assert all(rate > 0 for rate in result["gemm_gflops"])
+    # The GEMM rate probed beside each stage's own timed runs is the one its fraction is set against.
+    beside = result["gemm_gflops_beside"]
+    assert set(beside) == set(result["gflop"]) and all(rate > 0 for rate in beside.values())
     assert 0 < result["features_mb"] < result["peak_5_mb"] <= result["peak_mb"]
     lines = completed.stdout.splitlines()
     rows = [line for line in lines if line.startswith("| mobilenet_v2 | 64x96 |")]
     rate_rows = [line for line in rows if line.count("/") >= 9]  # GFLOP / GFLOP/s / fraction per stage
     assert len(rate_rows) == 1
+    seconds = {"image": result["image_s"], **{f"click_{k}": v for k, v in result["click_s"].items()}}
+    stage_cells = rate_rows[0].strip("| ").split(" | ")[3:7]
+    for stage, cell in zip(("image", "click_2", "click_5", "click_10"), stage_cells, strict=True):
+        gflop, rate, fraction = (float(value) for value in cell.split(" / "))
+        assert fraction == round(result["gflop"][stage] / seconds[stage] / beside[stage], 2)
     # The boundary refinement's table: per image, then per click of 2, 5 and 10 instances, exact and preview.
     assert result["refine_image_s"] > 0
     assert set(result["refine_click_s"]) == set(result["refine_preview_s"]) == {"2", "5", "10"}
