@@ -203,9 +203,7 @@ def export_onnx(
     # count is symbolic in the graph; it is the faster form for the usual number of clicks), and the deformable
     # attention by grid_sample (ONNX GridSample; embedding_bag becomes a slow loop).
     layers = model.interactive_transformer.decoder_layers
-    pins = [(layer, "use_few_keys_attention", True) for layer in layers] + [
-        (layer, "min_keys", 0) for layer in layers
-    ]
+    pins = [(layer, "use_few_keys_attention", True) for layer in layers] + [(layer, "min_keys", 0) for layer in layers]
     pins += [(module, "use_grid_sample", True) for module in model.modules() if hasattr(module, "use_grid_sample")]
     pins += [(module, "chunked", False) for module in model.modules() if hasattr(module, "chunked")]
     try:

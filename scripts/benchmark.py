@@ -242,9 +242,7 @@ def rate_row(result: dict) -> str:
     before, after = result["gemm_gflops"]
     return (
         f"| {result['preset']} | {result['size']} | {before:.0f} / {min(beside.values()):.0f}-"
-        f"{max(beside.values()):.0f} / {after:.0f} | "
-        + " | ".join(cells)
-        + f" | {result['features_mb']:.0f} |"
+        f"{max(beside.values()):.0f} / {after:.0f} | " + " | ".join(cells) + f" | {result['features_mb']:.0f} |"
     )
 
 
