@@ -3,6 +3,7 @@
 
     python scripts/benchmark.py                          # all presets at 800x1200, 2 threads
     python scripts/benchmark.py --presets mobilenet_v2 --size 512x768
+    python scripts/benchmark.py --models models/dynamite-mobilenet-v2 --size 448x672   # a saved model folder
 
 Per preset: the median time of the per-image stage (backbone + pixel decoder + click-independent projections)
 and of one click (interactive transformer + post-processing to the full input resolution) with 2, 5 and 10
@@ -27,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 class GemmProbe:
@@ -100,15 +102,19 @@ def peak_memory_mb() -> float:
 
 
 def measure(preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False) -> dict:
+    """Time `preset` (a preset name, random weights; or a saved model folder, its own config and weights)."""
     import torch
 
-    from dynamite_hf import Click, DynamiteConfig, DynamiteModel
+    from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel
     from dynamite_hf.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
+    if preset in PRESETS:
+        model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
+    else:
+        model = DynamiteModel.from_pretrained(preset).eval()
     if int8:
         from dynamite_hf.quantization import quantize_int8
 
@@ -250,7 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     from dynamite_hf import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, help="presets to time (default: all, unless --models)")
+    parser.add_argument(
+        "--models", nargs="+", default=[], help="saved model folders (save_pretrained) to time, with their own weights"
+    )
     parser.add_argument("--size", default="800x1200", help="input HEIGHTxWIDTH before padding (default 800x1200)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the median is printed")
     parser.add_argument("--threads", type=int, default=2)
@@ -260,10 +269,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for folder in args.models:
+        if not (Path(folder) / "config.json").is_file():
+            parser.error(
+                f"--models: expected a model folder holding config.json (save_pretrained's output), got {folder!r}"
+            )
+    if args.presets is None:
+        args.presets = [] if args.models else list(PRESETS)
     height, width = (int(v) for v in args.size.lower().split("x"))
 
     if args.child:
-        print(json.dumps(measure(args.presets[0], height, width, args.repeats, args.threads, args.int8)))
+        print(
+            json.dumps(measure([*args.presets, *args.models][0], height, width, args.repeats, args.threads, args.int8))
+        )
         return
 
     results = []
@@ -272,8 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         "peak RSS (MB): up to 5 inst / 10 inst |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for preset in args.presets:
-        command = [sys.executable, __file__, "--child", "--presets", preset, "--size", args.size]
+    for preset in [*args.presets, *args.models]:
+        command = [sys.executable, __file__, "--child", "--presets" if preset in PRESETS else "--models", preset]
+        command += ["--size", args.size]
         command += ["--repeats", str(args.repeats), "--threads", str(args.threads)] + ["--int8"] * args.int8
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:

@@ -63,3 +63,27 @@ def test_flop_count_includes_the_in_place_products() -> None:
         lambda: (torch.zeros(64, 16).addmm_(a, b), torch.zeros(3, 64, 16).baddbmm_(batch_a, batch_b))
     )
     assert out_of_place == in_place == 2 * 64 * 32 * 16 * 4
+
+
+def test_benchmark_times_a_saved_model_folder_with_its_own_weights(tmp_path) -> None:
+    """`--models FOLDER` times a saved model (its own config, e.g. a grown layer count, and weights); a folder
+    without a config is refused by name before anything runs."""
+    from test_modeling import tiny_model
+
+    folder = tmp_path / "grown"
+    model = tiny_model(encoder_layers=4, decoder_layers=2)
+    model.save_pretrained(folder)
+    output = tmp_path / "bench.json"
+    command = [sys.executable, str(SCRIPT), "--models", str(folder), "--size", "64x96", "--repeats", "1"]
+    completed = subprocess.run(command + ["--threads", "1", "--json", str(output)], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    (result,) = json.loads(output.read_text())
+    assert result["preset"] == str(folder)
+    assert result["parameters_m"] == sum(p.numel() for p in model.parameters()) / 1e6  # its layers, not the preset's
+    assert sum(line.startswith(f"| {folder} | ") for line in completed.stdout.splitlines()) == 3  # the three tables
+
+    (tmp_path / "empty").mkdir()
+    refused = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", str(tmp_path / "empty")], capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "--models" in refused.stderr and "config.json" in refused.stderr
