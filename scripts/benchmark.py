@@ -276,12 +276,11 @@ def main(argv: list[str] | None = None) -> None:
             )
     if args.presets is None:
         args.presets = [] if args.models else list(PRESETS)
+    targets = [*args.presets, *args.models]
     height, width = (int(v) for v in args.size.lower().split("x"))
 
     if args.child:
-        print(
-            json.dumps(measure([*args.presets, *args.models][0], height, width, args.repeats, args.threads, args.int8))
-        )
+        print(json.dumps(measure(targets[0], height, width, args.repeats, args.threads, args.int8)))
         return
 
     results = []
@@ -290,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         "peak RSS (MB): up to 5 inst / 10 inst |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for preset in [*args.presets, *args.models]:
+    for preset in targets:
         command = [sys.executable, __file__, "--child", "--presets" if preset in PRESETS else "--models", preset]
         command += ["--size", args.size]
         command += ["--repeats", str(args.repeats), "--threads", str(args.threads)] + ["--int8"] * args.int8
