@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .clicks import Click
 from .configuration_dynamite import DynamiteConfig
-from .feed_forward import ffn_in_chunks
+from .feed_forward import ffn_in_chunks, onednn_ffn_weights
 from .pixel_decoder import sine_position_encoding
 
 
@@ -172,14 +172,17 @@ class DynamiteFeedForward(nn.Module):
         for linear in (self.linear1, self.linear2):
             nn.init.xavier_uniform_(linear.weight)
 
-    def forward(self, hidden: Tensor, overwrite_input: bool = False) -> Tensor:
-        """`overwrite_input`: in inference, `hidden` may be overwritten (the caller no longer needs it)."""
+    def forward(
+        self, hidden: Tensor, overwrite_input: bool = False, onednn_weights: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """`overwrite_input`: in inference, `hidden` may be overwritten (the caller no longer needs it);
+        `onednn_weights`: the linears' weights reordered once for many calls (`onednn_ffn_weights`)."""
         if torch.is_grad_enabled():
             return self.norm(hidden + self.linear2(F.relu(self.linear1(hidden))))
         # Inference (the decoder runs this over every stride-4 pixel): the same sums in place, over row chunks,
         # so that the (rows, ffn_dim) activation never exists whole.
         if self.chunked:
-            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm, overwrite_input)
+            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm, overwrite_input, onednn_weights)
         return self.norm(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
 
 
@@ -308,10 +311,18 @@ class DynamiteDecoderLayer(nn.Module):
         attention = self.cross_attention.attention
         return rows.add_(attention.attend(attention.project_queries(row_inputs), *factors))
 
-    def forward_rows(self, rows: Tensor, row_inputs: Tensor, factors: tuple[Tensor, ...]) -> Tensor:
+    def forward_rows(
+        self,
+        rows: Tensor,
+        row_inputs: Tensor,
+        factors: tuple[Tensor, ...],
+        onednn_weights: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Inference over a block of pixels (the layer treats every pixel on its own): `rows` `(batch, n, dim)`
-        (overwritten) and `row_inputs` = rows + their position encoding, `factors` from `click_factors`."""
-        return self.ffn(self.cross_attention.norm(self._attend_rows(rows, row_inputs, factors)), overwrite_input=True)
+        (overwritten) and `row_inputs` = rows + their position encoding, `factors` from `click_factors`,
+        `onednn_weights` the FFN's weights reordered once for every block (`onednn_ffn_weights`)."""
+        attended = self.cross_attention.norm(self._attend_rows(rows, row_inputs, factors))
+        return self.ffn(attended, overwrite_input=True, onednn_weights=onednn_weights)
 
     def forward(
         self,
@@ -578,6 +589,12 @@ class DynamiteInteractiveTransformer(nn.Module):
         ]
         logits = features.new_empty(batch, height * width, embedding.shape[1])
         step = self.decoder_block_rows
+        ffn_weights = [
+            onednn_ffn_weights(layer.ffn.linear1, layer.ffn.linear2, batch * step)
+            if features.dtype == torch.float32
+            else None
+            for layer in self.decoder_layers
+        ]
         for start in range(0, height * width, step):
             stop = min(start + step, height * width)
             rows = features[:, :, start:stop].transpose(1, 2).contiguous()
@@ -585,6 +602,6 @@ class DynamiteInteractiveTransformer(nn.Module):
             for index, layer in enumerate(self.decoder_layers):
                 if index > 0:
                     row_inputs = rows + memory.decoder_pixel_position[:, start:stop]
-                rows = layer.forward_rows(rows, row_inputs, factors[index])
+                rows = layer.forward_rows(rows, row_inputs, factors[index], ffn_weights[index])
             logits[:, start:stop] = torch.bmm(rows, embedding.transpose(1, 2))
         return logits.transpose(1, 2).reshape(batch, -1, height, width)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -66,13 +67,24 @@ def _product_flops(self_shape, first_shape, second_shape, *args, out_shape=None,
     return 2 * rows * inner * second_shape[-1] * (batch[0] if batch else 1)
 
 
+def _fused_linear_flops(inputs_shape, *shapes, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's fused linear (`mkldnn::_linear_pointwise`): `(..., in) @ weight.T`, the weight `(out,
+    in)` second (`.default`) or third (`.binary`, after the tensor it adds)."""
+    weight_shape = shapes[1] if len(shapes) == 4 else shapes[0]  # .binary: (other, weight, bias, attr)
+    rows = math.prod(inputs_shape[:-1])
+    return 2 * rows * inputs_shape[-1] * weight_shape[0]
+
+
 def counted_flops(function) -> int:
     """FLOPs of the matrix products and convolutions `function()` runs, the in-place products (`addmm_`,
-    `baddbmm_`, which `FlopCounterMode` does not know) included."""
+    `baddbmm_`) and oneDNN's fused linears (`dynamite_hf.feed_forward`), which `FlopCounterMode` does not
+    know, included."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     in_place = {torch.ops.aten.addmm_: _product_flops, torch.ops.aten.baddbmm_: _product_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        in_place[torch.ops.mkldnn._linear_pointwise] = _fused_linear_flops
     with FlopCounterMode(display=False, custom_mapping=in_place) as counter:
         function()
     return counter.get_total_flops()

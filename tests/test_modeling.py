@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoConfig, AutoModel
 
 from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel, fuse_instances
 from dynamite_hf.conversion import convert_original_state_dict, load_original_state_dict
+from dynamite_hf.feed_forward import _onednn_available
 from dynamite_hf.modeling_dynamite import label_instances
 
 TINY_HEAD = {
@@ -125,6 +129,7 @@ def test_ffn_in_chunks_is_the_plain_block_bit_for_bit(monkeypatch, rows_per_chun
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
     hidden = torch.randn(2, 33, 24)
+    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
     monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
     with torch.inference_mode():
         chunks = hidden.reshape(-1, 24).split(rows_per_chunk)
@@ -154,6 +159,7 @@ def test_ffn_in_chunks_summing_into_its_input_is_the_plain_block(monkeypatch) ->
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
     hidden = torch.randn(2, 33, 24)
+    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
     with torch.inference_mode():
         expected = norm(hidden + linear2(torch.relu(linear1(hidden))))
         for rows_per_chunk in (5, 33, 1000):
@@ -174,6 +180,66 @@ def test_ffn_in_chunks_summing_into_its_input_is_the_plain_block(monkeypatch) ->
         kept = hidden.clone()
         torch.testing.assert_close(ffn_in_chunks(kept, linear1, other, norm, overwrite_input=True), expected)
         assert torch.equal(kept, hidden)
+
+
+class _RecordedOps(TorchDispatchMode):
+    """The names of the operators run under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.skipif(not _onednn_available(), reason="this torch has no oneDNN fused linear")
+def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
+    """Float32 inference FFNs run through oneDNN's fused linear: every chunk size, summing into the input or
+    not, within float32 rounding of the block computed in float64 (the tolerance the plain path meets); a
+    weight changed after a call is used by the next one (nothing reordered is kept); modules that are not
+    plain `nn.Linear`s, and `USE_ONEDNN = False`, take the plain path."""
+    import dynamite_hf.feed_forward
+    from dynamite_hf.feed_forward import ffn_in_chunks
+
+    torch.manual_seed(0)
+    linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
+    hidden = torch.randn(2, 33, 24)
+
+    def float64_block(inputs):
+        modules = [copy.deepcopy(m).double() for m in (linear1, linear2, norm)]
+        inputs = inputs.double()
+        return modules[2](inputs + modules[1](torch.relu(modules[0](inputs)))).float()
+
+    with torch.inference_mode():
+        expected = float64_block(hidden)
+        for rows_per_chunk in (5, 33, 1000):
+            monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+            for overwrite in (False, True):
+                with _RecordedOps() as recorded:
+                    result = ffn_in_chunks(hidden.clone(), linear1, linear2, norm, overwrite_input=overwrite)
+                assert "mkldnn._linear_pointwise.default" in recorded.names
+                assert "aten.mm.default" not in recorded.names
+                torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+
+        with torch.no_grad():
+            linear1.weight.mul_(-0.5)
+            linear2.bias.add_(1.0)
+        torch.testing.assert_close(ffn_in_chunks(hidden, linear1, linear2, norm), float64_block(hidden))
+
+        class Quantized(torch.nn.Linear):  # stands for any module that is not a plain nn.Linear
+            pass
+
+        other = Quantized(40, 24)
+        other.load_state_dict(linear2.state_dict())
+        monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", True)
+        for second, switch in ((other, True), (linear2, False)):
+            monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", switch)
+            with _RecordedOps() as recorded:
+                result = ffn_in_chunks(hidden.clone(), linear1, second, norm, overwrite_input=True)
+            assert not any("mkldnn" in name for name in recorded.names)
+            torch.testing.assert_close(result, float64_block(hidden), rtol=1e-6, atol=1e-6)
 
 
 def test_decoder_attention_sums_its_residual_in_the_product() -> None:
