@@ -11,6 +11,9 @@ FFN_CHUNK_ELEMENTS = 2**23
 # Run float32 CPU FFNs through oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the kernel behind
 # inductor's CPU linears) where this torch has it. Tests switch it off to check the plain path.
 USE_ONEDNN = True
+# Fewer rows than this (the encoder's queries) keep the plain path: reordering the weights would cost more than
+# the products (a 256 x 2048 weight takes about 0.4 ms) unless the caller reorders once for many calls.
+ONEDNN_MIN_ROWS = 512
 _onednn_works: bool | None = None
 
 
@@ -76,7 +79,7 @@ def ffn_in_chunks(
     step = max(1, FFN_CHUNK_ELEMENTS // linear1.out_features)
     plain = all(type(linear) is nn.Linear and linear.bias is not None for linear in (linear1, linear2))
     reuse = type(linear1) is nn.Linear and linear1.bias is not None  # not a quantized module
-    if onednn_weights is None and rows.dtype == torch.float32:
+    if onednn_weights is None and rows.dtype == torch.float32 and rows.shape[0] >= ONEDNN_MIN_ROWS:
         onednn_weights = onednn_ffn_weights(linear1, linear2, min(step, rows.shape[0]))
     in_place = overwrite_input and plain and hidden.is_contiguous()  # `rows` is then a view of `hidden`
     if onednn_weights is not None:

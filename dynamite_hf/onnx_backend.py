@@ -302,6 +302,7 @@ class OnnxDynamiteModel:
     __call__ = DynamiteModel.forward
     query_logits = DynamiteModel.query_logits
     post_process_logits = staticmethod(DynamiteModel.post_process_logits)
+    grouped_output_logits = staticmethod(DynamiteModel.grouped_output_logits)
     _check_pixel_values = DynamiteModel._check_pixel_values
 
     def __init__(self, config: DynamiteConfig, image_encoder, click_decoder) -> None:

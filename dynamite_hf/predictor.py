@@ -27,7 +27,6 @@ from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_i
 from .modeling_dynamite import (
     DynamiteImageFeatures,
     DynamiteModel,
-    group_query_logits,
     label_instances,
 )
 from .refinement import GuidedFilter, half_radius, half_size, image_to_guide
@@ -196,11 +195,8 @@ class DynamitePredictor:
         padded_size, image_size = features.padded_size, self._image_size
         if half:  # upsampled 2x (not 4x) from stride 4 and cropped at half the working size: a quarter of the pixels
             padded_size, image_size = half_size(padded_size), half_size(image_size)
-        logits = self.model.post_process_logits(query_logits[0], padded_size, image_size, image_size)
-        instance_logits, background_logits = group_query_logits(logits, counts[0])
-        if background_logits is not None:
-            instance_logits = torch.cat([instance_logits, background_logits[None]])
-        return instance_logits, len(counts[0])
+        grouped = self.model.grouped_output_logits(query_logits[0], counts[0], padded_size, image_size, image_size)
+        return grouped, len(counts[0])
 
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModel
 from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel, fuse_instances
 from dynamite_hf.conversion import convert_original_state_dict, load_original_state_dict
 from dynamite_hf.feed_forward import _onednn_available
-from dynamite_hf.modeling_dynamite import label_instances
+from dynamite_hf.modeling_dynamite import group_query_logits, label_instances
 
 TINY_HEAD = {
     "hidden_dim": 32,
@@ -199,7 +199,7 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
     """Float32 inference FFNs run through oneDNN's fused linear: every chunk size, summing into the input or
     not, within float32 rounding of the block computed in float64 (the tolerance the plain path meets); a
     weight changed after a call is used by the next one (nothing reordered is kept); modules that are not
-    plain `nn.Linear`s, and `USE_ONEDNN = False`, take the plain path."""
+    plain `nn.Linear`s, fewer rows than `ONEDNN_MIN_ROWS` and `USE_ONEDNN = False` take the plain path."""
     import dynamite_hf.feed_forward
     from dynamite_hf.feed_forward import ffn_in_chunks
 
@@ -214,6 +214,10 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
 
     with torch.inference_mode():
         expected = float64_block(hidden)
+        with _RecordedOps() as recorded:  # 66 rows: below ONEDNN_MIN_ROWS, reordering would cost more
+            ffn_in_chunks(hidden, linear1, linear2, norm)
+        assert not any("mkldnn" in name for name in recorded.names)
+        monkeypatch.setattr(dynamite_hf.feed_forward, "ONEDNN_MIN_ROWS", 1)
         for rows_per_chunk in (5, 33, 1000):
             monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
             for overwrite in (False, True):
@@ -459,3 +463,25 @@ def test_the_configuration_needs_no_backbone_module() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("counts", "num_queries", "image_size", "output_size"),
+    [
+        ([1, 1], 12, (60, 88), (60, 88)),  # 10 background queries, nothing cropped
+        ([2, 1, 3], 6, (53, 80), (53, 80)),  # no background query, padding cropped
+        ([1, 2], 7, (53, 80), (101, 37)),  # cropped, then resized to another output size
+    ],
+)
+def test_grouped_output_logits_is_grouping_the_resized_logits(counts, num_queries, image_size, output_size) -> None:
+    """`grouped_output_logits` resizes one query at a time into a running max per instance (and the background):
+    bit for bit the same as resizing every query (`post_process_logits`) and grouping afterwards."""
+    torch.manual_seed(0)
+    query_logits = torch.randn(num_queries, 15, 22) * 4
+    with torch.inference_mode():
+        grouped = DynamiteModel.grouped_output_logits(query_logits, counts, (60, 88), image_size, output_size)
+        resized = DynamiteModel.post_process_logits(query_logits, (60, 88), image_size, output_size)
+        instances, background = group_query_logits(resized, counts)
+    expected = instances if background is None else torch.cat([instances, background[None]])
+    assert grouped.shape == (len(counts) + (background is not None), *output_size)
+    assert torch.equal(grouped, expected)
