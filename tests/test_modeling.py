@@ -199,7 +199,8 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
     """Float32 inference FFNs run through oneDNN's fused linear: every chunk size, summing into the input or
     not, within float32 rounding of the block computed in float64 (the tolerance the plain path meets); a
     weight changed after a call is used by the next one (nothing reordered is kept); modules that are not
-    plain `nn.Linear`s, fewer rows than `ONEDNN_MIN_ROWS` and `USE_ONEDNN = False` take the plain path."""
+    plain `nn.Linear`s, fewer rows than `ONEDNN_MIN_ROWS`, `USE_ONEDNN = False` and oneDNN disabled by the user
+    (`torch.backends.mkldnn.flags(enabled=False)`) take the plain path."""
     import dynamite_hf.feed_forward
     from dynamite_hf.feed_forward import ffn_in_chunks
 
@@ -238,9 +239,9 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
         other = Quantized(40, 24)
         other.load_state_dict(linear2.state_dict())
         monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", True)
-        for second, switch in ((other, True), (linear2, False)):
+        for second, switch, enabled in ((other, True, True), (linear2, False, True), (linear2, True, False)):
             monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", switch)
-            with _RecordedOps() as recorded:
+            with _RecordedOps() as recorded, torch.backends.mkldnn.flags(enabled=enabled):
                 result = ffn_in_chunks(hidden.clone(), linear1, second, norm, overwrite_input=True)
             assert not any("mkldnn" in name for name in recorded.names)
             torch.testing.assert_close(result, float64_block(hidden), rtol=1e-6, atol=1e-6)
