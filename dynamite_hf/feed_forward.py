@@ -30,22 +30,29 @@ def _onednn_available() -> bool:
     return _onednn_works
 
 
-def onednn_ffn_weights(linear1: nn.Module, linear2: nn.Module, rows: int) -> tuple[Tensor, Tensor] | None:
-    """The two weights of an inference FFN reordered into oneDNN's blocked layout for products of about `rows`
-    rows, for `ffn_in_chunks(..., onednn_weights=...)`; None where oneDNN does not apply (`USE_ONEDNN` off, not
-    plain float32 CPU `nn.Linear`s with biases, oneDNN disabled with `torch.backends.mkldnn.flags(enabled=False)`,
-    or this torch lacks the kernels). Reordering costs about as much as a small product (0.4 ms for a 256 x 2048
-    weight): callers that run one FFN over many blocks (the decoder, once per click) reorder once, and nothing is
-    cached that a later change of the weights could leave stale."""
-    linears = (linear1, linear2)
-    if not USE_ONEDNN or not all(type(linear) is nn.Linear and linear.bias is not None for linear in linears):
-        return None
-    weights = [linear.weight for linear in linears]
-    if any(weight.device.type != "cpu" or weight.dtype != torch.float32 for weight in weights):
+def onednn_linear_weight(weight: Tensor, rows: int) -> Tensor | None:
+    """`weight` `(out_features, in_features)` reordered into oneDNN's blocked layout for products of about
+    `rows` rows (`torch.ops.mkldnn._linear_pointwise`), or None where oneDNN does not apply: `USE_ONEDNN` off,
+    not a float32 CPU tensor, oneDNN disabled with `torch.backends.mkldnn.flags(enabled=False)`, or this torch
+    lacks the kernels. Reordering costs about as much as a small product (0.4 ms for a 256 x 2048 weight):
+    callers that multiply many blocks by one weight (the decoder, once per click) reorder once, and nothing is
+    cached that a later change of the weight could leave stale."""
+    if not USE_ONEDNN or weight.device.type != "cpu" or weight.dtype != torch.float32:
         return None
     if not torch._C._get_mkldnn_enabled() or not _onednn_available():
         return None
-    return tuple(torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows) for weight in weights)
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
+
+
+def onednn_ffn_weights(linear1: nn.Module, linear2: nn.Module, rows: int) -> tuple[Tensor, Tensor] | None:
+    """The two weights of an inference FFN reordered for oneDNN (`onednn_linear_weight`), for
+    `ffn_in_chunks(..., onednn_weights=...)`; None unless both are plain float32 CPU `nn.Linear`s with biases
+    and oneDNN applies."""
+    linears = (linear1, linear2)
+    if not all(type(linear) is nn.Linear and linear.bias is not None for linear in linears):
+        return None
+    weights = [onednn_linear_weight(linear.weight, rows) for linear in linears]
+    return None if weights[0] is None or weights[1] is None else tuple(weights)
 
 
 def ffn_in_chunks(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -273,30 +274,70 @@ def test_decoder_attention_sums_its_residual_in_the_product() -> None:
     torch.testing.assert_close(training.detach(), inference, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("instances", [2, 24])  # few keys (heads x queries < dim) and the standard attention
-def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch, instances: int) -> None:
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("instances", [2, 30])  # few keys (heads x queries < dim) and the standard attention
+def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch, instances: int, onednn: bool) -> None:
     """Eager inference runs every decoder layer and the mask head over one block of pixels at a time; blocks
-    that do not divide the pixel count, over a batch of two images, give the layer-by-layer logits."""
+    that do not divide the pixel count, over a batch of two images, give the layer-by-layer logits. With few
+    keys the blocks take their scores through oneDNN (one product per image, block and layer, beside the FFNs'
+    two) or `addmm` (oneDNN off), and their softmax in base 2 (`exp2`)."""
+    import dynamite_hf.feed_forward
+
+    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", onednn)
     model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2, decoder_layers=2)
     transformer = model.interactive_transformer
     pixel_values = torch.randn(2, 3, 96, 128)
     clicks = [
-        [Click(k, 5.0 + 3 * k, 7.0 + 5 * k, k, "model") for k in range(instances)],
-        [Click(k, 90.0 - 3 * k, 120.0 - 5 * k, k, "model") for k in range(instances)],
+        [Click(k, 5.0 + 3 * k, 7.0 + 4 * k, k, "model") for k in range(instances)],
+        [Click(k, 90.0 - 3 * k, 120.0 - 4 * k, k, "model") for k in range(instances)],
     ]
-    assert (2 * (instances + 9) < 64) == (instances == 2)
+    assert (2 * (instances + model.config.num_static_bg_queries) < 64) == (instances == 2)
     calls = []
     monkeypatch.setattr(transformer, "decoder_block_rows", 37)
     original = transformer._decode_in_blocks
     monkeypatch.setattr(transformer, "_decode_in_blocks", lambda *a: calls.append(1) or original(*a))
     with torch.inference_mode():
-        blocks = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+        features = model.get_image_features(pixel_values)
+        with _RecordedOps() as recorded:
+            blocks = model(image_features=features, clicks=clicks).pred_masks
         assert calls  # the block path ran
         for layer in transformer.decoder_layers:
             monkeypatch.setattr(layer.ffn, "chunked", False)  # as an exported graph: layer by layer
-        layers = model(pixel_values=pixel_values, clicks=clicks).pred_masks
+        layers = model(image_features=features, clicks=clicks).pred_masks
     assert len(calls) == 1
     torch.testing.assert_close(blocks, layers, rtol=1e-5, atol=1e-5)
+    score_products = recorded.names.count("mkldnn._linear_pointwise.default") - recorded.names.count(
+        "mkldnn._linear_pointwise.binary"
+    )
+    few_keys = instances == 2
+    num_blocks = -(-(96 // 4) * (128 // 4) // 37)
+    expected = 2 * num_blocks * len(transformer.decoder_layers) if few_keys and onednn and _onednn_available() else 0
+    assert score_products == expected
+    assert ("aten.exp2_.default" in recorded.names) == few_keys
+
+
+def test_softmax_base2_is_each_heads_softmax() -> None:
+    """`softmax_base2_` is each head's `softmax(s * ln 2)`, in float32 and float64, through `exp2` where the
+    scores allow; scores beyond its range, infinite ones and half precision go through `torch.softmax`."""
+    from dynamite_hf.interactive_transformer import softmax_base2_
+
+    torch.manual_seed(0)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
+        scores = torch.randn(300, 3 * 11, dtype=dtype) * 20
+        far = scores.clone()
+        far[7, 4] = 140.0  # 2^140 overflows float32
+        masked = scores.clone()
+        masked[:, ::5] = float("-inf")
+        for case, fast in ((scores, True), (far, False), (masked, False)):
+            expected = (case.double() * math.log(2.0)).view(300, 3, 11).softmax(-1).view(300, -1)
+            with _RecordedOps() as recorded:
+                result = softmax_base2_(case.clone(), heads=3)
+            assert ("aten.exp2_.default" in recorded.names) == fast
+            assert ("aten._softmax.default" in recorded.names) == (not fast)
+            torch.testing.assert_close(result.double(), expected, rtol=tolerance, atol=tolerance)
+    half = torch.randn(50, 2 * 7).bfloat16()
+    expected = (half.float() * math.log(2.0)).view(50, 2, 7).softmax(-1).view(50, -1)
+    torch.testing.assert_close(softmax_base2_(half.clone(), heads=2).float(), expected, rtol=2e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
