@@ -219,7 +219,7 @@ def softmax_base2_(scores: Tensor, heads: int) -> Tensor:
     rows = scores.shape[0]
     if scores.dtype in (torch.float32, torch.float64):
         low, high = torch.aminmax(scores)
-        if -100.0 < low.item() and high.item() < 100.0:
+        if low.item() > -100.0 and high.item() < 100.0:
             powers = scores.exp2_().view(rows, heads, -1)
             return powers.div_(powers.sum(-1, keepdim=True)).view(rows, -1)
     return scores.mul_(math.log(2.0)).view(rows, heads, -1).softmax(-1).view(rows, -1)
