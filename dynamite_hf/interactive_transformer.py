@@ -499,7 +499,9 @@ class DynamiteInteractiveTransformer(nn.Module):
             _, dim, height, width = mask_features.shape
             pixel_position = sine_position_encoding(height, width, dim // 2, mask_features.device)
             pixel_position = pixel_position.flatten(2).transpose(1, 2)
-            first_inputs = mask_features.flatten(2).transpose(1, 2) + pixel_position
+            # Pixel-major (a sum led by the transposed view followed its layout): the decoder's blocks read rows
+            # of it, and oneDNN's products copy rows that are not contiguous.
+            first_inputs = (pixel_position + mask_features.flatten(2).transpose(1, 2)).contiguous()
         level_mask_features = [
             F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
         ]
