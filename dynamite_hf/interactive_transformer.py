@@ -206,22 +206,32 @@ class DynamiteEncoderLayer(nn.Module):
         return self.ffn(self.self_attention(hidden, position), overwrite_input=True)
 
 
-def softmax_base2_(scores: Tensor, heads: int) -> Tensor:
+def softmax_base2_(scores: Tensor, heads: int) -> Tensor | None:
     """Each head's softmax in base 2, `2^s / sum(2^s)` (= `softmax(s * ln 2)`), of `scores` `(rows, heads *
     keys)`, computed in place. The decoder's blocks give their scores already multiplied by log2(e), so this is
     their softmax: PyTorch's CPU `exp2` runs about 3x faster than its `exp`, and its softmax over a last axis of
     11-20 keys is slow, so `exp2`, a sum and a division take 0.5-0.7x the time of `softmax` on a decoder
     block's scores (and 0.1x at 11 keys, where no padding is then needed).
 
-    Without the usual shift by each head's maximum: only where every score lies within (-100, 100), where
-    `2^s` and the sums stay normal float32 numbers; other scores, non-finite ones and other dtypes go through
+    Without the usual shift by each head's maximum, so float32 / float64 scores are checked afterwards: every
+    head's sum of powers must be finite and at least 2^-100 (no power overflowed, the largest is a normal
+    number, and those that underflowed weigh less than 2^-49). Returns None where they are not (`scores` is
+    then spent: the caller computes them again for `softmax_base2_fallback`). Other dtypes go through
     `torch.softmax` (the same function, up to rounding)."""
+    if scores.dtype not in (torch.float32, torch.float64):
+        return softmax_base2_fallback(scores, heads)
     rows = scores.shape[0]
-    if scores.dtype in (torch.float32, torch.float64):
-        low, high = torch.aminmax(scores)
-        if low.item() > -100.0 and high.item() < 100.0:
-            powers = scores.exp2_().view(rows, heads, -1)
-            return powers.div_(powers.sum(-1, keepdim=True)).view(rows, -1)
+    powers = scores.exp2_().view(rows, heads, -1)
+    sums = powers.sum(-1, keepdim=True)
+    low, high = torch.aminmax(sums)
+    if not (low.item() >= 2.0**-100 and high.item() < math.inf):
+        return None
+    return powers.div_(sums).view(rows, -1)
+
+
+def softmax_base2_fallback(scores: Tensor, heads: int) -> Tensor:
+    """`softmax_base2_` through `torch.softmax`, for any scores (in place where the dtype allows)."""
+    rows = scores.shape[0]
     return scores.mul_(math.log(2.0)).view(rows, heads, -1).softmax(-1).view(rows, -1)
 
 
@@ -350,14 +360,22 @@ class DynamiteDecoderLayer(nn.Module):
         if not isinstance(factors, FewKeysFactors):
             return rows.add_(attention.attend(attention.project_queries(row_inputs), *factors))
         for image in range(rows.shape[0]):
-            if factors.onednn_score_weights is not None:
-                scores = torch.ops.mkldnn._linear_pointwise(
-                    row_inputs[image], factors.onednn_score_weights[image], factors.score_bias[image], "none", [], ""
+            weights = softmax_base2_(self._block_scores(row_inputs[image], factors, image), attention.num_heads)
+            if weights is None:  # beyond float32's range in base 2: the scores again, through torch.softmax
+                weights = softmax_base2_fallback(
+                    self._block_scores(row_inputs[image], factors, image), attention.num_heads
                 )
-            else:
-                scores = torch.addmm(factors.score_bias[image], row_inputs[image], factors.score_weight[image])
-            rows[image].addmm_(softmax_base2_(scores, attention.num_heads), factors.output_weight[image])
+            rows[image].addmm_(weights, factors.output_weight[image])
         return rows
+
+    @staticmethod
+    def _block_scores(inputs: Tensor, factors: FewKeysFactors, image: int) -> Tensor:
+        """One image's base-2 scores `inputs @ score_weight + score_bias`, through oneDNN where it applies."""
+        if factors.onednn_score_weights is not None:
+            return torch.ops.mkldnn._linear_pointwise(
+                inputs, factors.onednn_score_weights[image], factors.score_bias[image], "none", [], ""
+            )
+        return torch.addmm(factors.score_bias[image], inputs, factors.score_weight[image])
 
     def forward_rows(
         self,

@@ -316,28 +316,59 @@ def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch
     assert ("aten.exp2_.default" in recorded.names) == few_keys
 
 
-def test_softmax_base2_is_each_heads_softmax() -> None:
-    """`softmax_base2_` is each head's `softmax(s * ln 2)`, in float32 and float64, through `exp2` where the
-    scores allow; scores beyond its range, infinite ones and half precision go through `torch.softmax`."""
-    from dynamite_hf.interactive_transformer import softmax_base2_
+def test_softmax_base2_is_each_heads_softmax(monkeypatch) -> None:
+    """`softmax_base2_` is each head's `softmax(s * ln 2)` in float32 and float64; scores whose powers of 2
+    overflow or underflow as a whole head give None, and the decoder's blocks then compute the scores again for
+    `softmax_base2_fallback` (`torch.softmax`, which takes any scores); half precision goes there at once."""
+    from dynamite_hf.interactive_transformer import softmax_base2_, softmax_base2_fallback
 
     torch.manual_seed(0)
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
         scores = torch.randn(300, 3 * 11, dtype=dtype) * 20
-        far = scores.clone()
-        far[7, 4] = 140.0  # 2^140 overflows float32
         masked = scores.clone()
-        masked[:, ::5] = float("-inf")
-        for case, fast in ((scores, True), (far, False), (masked, False)):
+        masked[:, ::5] = float("-inf")  # keys blocked: powers of exactly 0, the others unchanged
+        overflow = scores.clone()
+        overflow[7, 4] = 140.0 if dtype == torch.float32 else 1100.0
+        underflow = scores.clone()
+        underflow[9, 11:22] -= 200.0  # the whole second head of row 9
+        for case, fast in ((scores, True), (masked, True), (overflow, False), (underflow, False)):
             expected = (case.double() * math.log(2.0)).view(300, 3, 11).softmax(-1).view(300, -1)
-            with _RecordedOps() as recorded:
-                result = softmax_base2_(case.clone(), heads=3)
-            assert ("aten.exp2_.default" in recorded.names) == fast
-            assert ("aten._softmax.default" in recorded.names) == (not fast)
+            result = softmax_base2_(case.clone(), heads=3)
+            assert (result is not None) == fast
+            if result is None:
+                result = softmax_base2_fallback(case.clone(), heads=3)
             torch.testing.assert_close(result.double(), expected, rtol=tolerance, atol=tolerance)
     half = torch.randn(50, 2 * 7).bfloat16()
     expected = (half.float() * math.log(2.0)).view(50, 2, 7).softmax(-1).view(50, -1)
     torch.testing.assert_close(softmax_base2_(half.clone(), heads=2).float(), expected, rtol=2e-2, atol=1e-2)
+
+    # In the decoder: blocks whose scores overflow are computed again and go through torch.softmax.
+    import dynamite_hf.interactive_transformer
+
+    fallbacks = []
+    monkeypatch.setattr(
+        dynamite_hf.interactive_transformer,
+        "softmax_base2_fallback",
+        lambda *args: fallbacks.append(1) or softmax_base2_fallback(*args),
+    )
+    model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2)
+    transformer = model.interactive_transformer
+    features = model.get_image_features(torch.randn(1, 3, 64, 64))
+    monkeypatch.setattr(transformer, "decoder_block_rows", 50)
+    with torch.inference_mode():
+        normal = model(image_features=features, clicks=[clicks_two_instances()]).pred_masks
+        assert not fallbacks
+        with torch.no_grad():
+            for layer in transformer.decoder_layers:
+                layer.cross_attention.attention.q_proj.weight.mul_(400.0)  # scores far beyond 2^128
+                layer.cross_attention.attention.k_proj.weight.mul_(400.0)
+        large = model(image_features=features, clicks=[clicks_two_instances()]).pred_masks
+        assert fallbacks
+        for layer in transformer.decoder_layers:
+            monkeypatch.setattr(layer.ffn, "chunked", False)  # the layer-by-layer reference
+        reference = model(image_features=features, clicks=[clicks_two_instances()]).pred_masks
+    assert not torch.equal(large, normal)
+    torch.testing.assert_close(large, reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_keys", [7, 16, 23])
