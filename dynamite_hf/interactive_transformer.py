@@ -663,6 +663,11 @@ class DynamiteInteractiveTransformer(nn.Module):
             else None
             for layer in self.decoder_layers
         ]
+        # The mask head through oneDNN too: its few output columns (the queries) run 1.2-3.6x faster there than
+        # in `bmm` (4,096 x 256 rows times 256 x 12-20).
+        head_weights = [onednn_linear_weight(image_embedding, step) for image_embedding in embedding]
+        if any(weight is None for weight in head_weights):
+            head_weights = None
         for start in range(0, height * width, step):
             stop = min(start + step, height * width)
             rows = features[:, :, start:stop].transpose(1, 2).contiguous()
@@ -671,5 +676,11 @@ class DynamiteInteractiveTransformer(nn.Module):
                 if index > 0:
                     row_inputs = rows + memory.decoder_pixel_position[:, start:stop]
                 rows = layer.forward_rows(rows, row_inputs, factors[index], ffn_weights[index])
-            logits[:, start:stop] = torch.bmm(rows, embedding.transpose(1, 2))
+            if head_weights is None:
+                logits[:, start:stop] = torch.bmm(rows, embedding.transpose(1, 2))
+                continue
+            for image, weight in enumerate(head_weights):
+                logits[image, start:stop] = torch.ops.mkldnn._linear_pointwise(
+                    rows[image], weight, None, "none", [], ""
+                )
         return logits.transpose(1, 2).reshape(batch, -1, height, width)
