@@ -75,16 +75,25 @@ def _fused_linear_flops(inputs_shape, *shapes, out_shape=None, **kwargs) -> int:
     return 2 * rows * inputs_shape[-1] * weight_shape[0]
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of `F.scaled_dot_product_attention`'s CPU flash kernel (the MiT backbone's attention):
+    `q @ k^T` and `softmax(...) @ v`, over `(batch, heads, length, dim)` queries and `(..., keys, dim)` keys."""
+    *leading, length, dim = query_shape
+    return 2 * math.prod(leading) * length * key_shape[-2] * (dim + value_shape[-1])
+
+
 def counted_flops(function) -> int:
     """FLOPs of the matrix products and convolutions `function()` runs, the in-place products (`addmm_`,
-    `baddbmm_`) and oneDNN's fused linears (`dynamite_hf.feed_forward`), which `FlopCounterMode` does not
-    know, included."""
+    `baddbmm_`), oneDNN's fused linears (`dynamite_hf.feed_forward`) and the CPU flash attention, which
+    `FlopCounterMode` does not know, included."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     in_place = {torch.ops.aten.addmm_: _product_flops, torch.ops.aten.baddbmm_: _product_flops}
     if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         in_place[torch.ops.mkldnn._linear_pointwise] = _fused_linear_flops
+    if hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        in_place[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_attention_flops
     with FlopCounterMode(display=False, custom_mapping=in_place) as counter:
         function()
     return counter.get_total_flops()

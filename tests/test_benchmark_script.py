@@ -65,6 +65,19 @@ def test_flop_count_includes_the_in_place_products() -> None:
     assert out_of_place == in_place == 2 * 64 * 32 * 16 * 4
 
 
+def test_flop_count_includes_the_fused_attention() -> None:
+    """The MiT backbone's attention runs through `F.scaled_dot_product_attention` (on a CPU, a flash kernel
+    that `FlopCounterMode` does not count by itself): its FLOPs are those of the two products it replaces."""
+    import torch
+    import torch.nn.functional as F
+
+    benchmark = load_script(SCRIPT)
+    q, k, v = torch.randn(2, 3, 50, 16), torch.randn(2, 3, 20, 16), torch.randn(2, 3, 20, 8)
+    explicit = benchmark.counted_flops(lambda: (q @ k.transpose(-2, -1)).softmax(-1) @ v)
+    fused = benchmark.counted_flops(lambda: F.scaled_dot_product_attention(q, k, v))
+    assert fused == explicit == 2 * 2 * 3 * 50 * 20 * (16 + 8)
+
+
 def test_benchmark_times_a_saved_model_folder_with_its_own_weights(tmp_path) -> None:
     """`--models FOLDER` times a saved model (its own config, e.g. a grown layer count, and weights); a folder
     without a config is refused by name before anything runs."""
