@@ -254,10 +254,10 @@ class DynamiteDecoderLayer(nn.Module):
     # Which attention to compute: None picks per call by size (below); an exported graph, whose query count is
     # symbolic, pins one (both are the same function).
     use_few_keys_attention: bool | None = None
-    # The few-keys path pads the key axis up to this many keys with keys that score -inf (weight exactly 0):
-    # PyTorch's CPU softmax over a last axis of 9-15 elements runs 5-10x slower than over 16 or more (which are
-    # all fast), while the two GEMMs grow with every key. An exported graph pins 0 (no padding), as its query
-    # count is symbolic.
+    # The few-keys path (training, the layer-by-layer form) pads the key axis up to this many keys with keys that
+    # score -inf (weight exactly 0): PyTorch's CPU softmax over a last axis of 9-15 elements runs 5-10x slower
+    # than over 16 or more (which are all fast), while the two GEMMs grow with every key. An exported graph pins
+    # 0 (no padding), as its query count is symbolic; eager inference over blocks never pads (`softmax_base2_`).
     min_keys: int = 16
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int) -> None:
@@ -381,7 +381,7 @@ class DynamiteDecoderLayer(nn.Module):
         self,
         rows: Tensor,
         row_inputs: Tensor,
-        factors: tuple[Tensor, ...],
+        factors: FewKeysFactors | tuple[Tensor, Tensor],
         onednn_weights: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Inference over a block of pixels (the layer treats every pixel on its own): `rows` `(batch, n, dim)`
