@@ -230,9 +230,13 @@ def softmax_base2_(scores: Tensor, heads: int) -> Tensor | None:
 
 
 def softmax_base2_fallback(scores: Tensor, heads: int) -> Tensor:
-    """`softmax_base2_` through `torch.softmax`, for any scores (in place where the dtype allows)."""
-    rows = scores.shape[0]
-    return scores.mul_(math.log(2.0)).view(rows, heads, -1).softmax(-1).view(rows, -1)
+    """`softmax_base2_` through `torch.softmax`, for any scores (scaled in place)."""
+    return heads_softmax(scores.mul_(math.log(2.0)), heads)
+
+
+def heads_softmax(scores: Tensor, heads: int) -> Tensor:
+    """Softmax over each head's keys of `scores` `(..., heads * keys)`."""
+    return scores.view(*scores.shape[:-1], heads, -1).softmax(-1).view(scores.shape)
 
 
 @dataclass
@@ -317,7 +321,7 @@ class DynamiteDecoderLayer(nn.Module):
         """
         attention = self.cross_attention.attention
         score_weight, score_bias, output_weight = self.few_keys_weights(query_keys, query_values)
-        weights = self._few_keys_softmax(torch.baddbmm(score_bias, pixel_inputs, score_weight))
+        weights = heads_softmax(torch.baddbmm(score_bias, pixel_inputs, score_weight), attention.num_heads)
         if residual is None:
             # Training keeps the bias as the GEMM's C. Folded in, it adds `g . b_o / heads` to the gradient of
             # every weight of a head, which the softmax's backward subtracts again: the same up to rounding (the
@@ -328,12 +332,6 @@ class DynamiteDecoderLayer(nn.Module):
         if overwrite_residual:
             return residual.baddbmm_(weights, output_weight)
         return torch.baddbmm(residual, weights, output_weight)
-
-    def _few_keys_softmax(self, scores: Tensor) -> Tensor:
-        """Softmax over each head's keys of `scores` `(batch, rows, heads * keys)`."""
-        batch, rows, _ = scores.shape
-        heads = self.cross_attention.attention.num_heads
-        return scores.view(batch, rows, heads, -1).softmax(-1).view(batch, rows, -1)
 
     def click_factors(
         self, query_keys: Tensor, query_values: Tensor, few_keys: bool, rows: int
