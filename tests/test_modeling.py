@@ -390,6 +390,38 @@ def test_few_key_and_standard_decoder_attention_agree(num_keys: int) -> None:
     torch.testing.assert_close(padded, standard, rtol=1e-5, atol=1e-5)
 
 
+def test_masked_attention_in_inference_is_the_originals_per_head_form() -> None:
+    """Inference attends through `F.scaled_dot_product_attention` with one mask for every head; training through
+    the explicit products. Both must be the original's form: the mask repeated for each head, the blocked scores
+    set to -inf before the softmax, and `_blocked` opening the rows that are blocked everywhere."""
+    model = tiny_model()
+    transformer = model.interactive_transformer
+    attention = transformer.encoder_layers[0].cross_attention.attention
+    heads = attention.num_heads
+    generator = torch.Generator().manual_seed(0)
+    hidden, memory = torch.randn(2, 5, 32, generator=generator), torch.randn(2, 40, 32, generator=generator)
+    logits = torch.randn(2, 5, 5, 8, generator=generator)
+    logits[1, 3] = -1.0  # a query whose prediction is background everywhere: its row must be opened
+    blocked = transformer._blocked(logits)
+    assert blocked.shape == (2, 5, 40) and not blocked[1, 3].any() and blocked.any()
+    expected_blocked = (logits.sigmoid().flatten(2) < 0.5).repeat_interleave(heads, dim=0)  # as the original
+    expected_blocked[expected_blocked.all(-1)] = False
+    assert torch.equal(blocked.repeat_interleave(heads, dim=0), expected_blocked)
+
+    queries = attention.project_queries(hidden)
+    keys, values = attention.project_memory(memory, memory)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).masked_fill(expected_blocked, float("-inf"))
+    per_head = torch.bmm(scores.softmax(-1), values).view(2, heads, 5, -1).transpose(1, 2).reshape(2, 5, 32)
+    expected = attention.out_proj(per_head)
+    with torch.inference_mode():
+        fused = attention.attend(queries, keys, values, blocked)
+        unmasked = attention.attend(queries, keys, values)
+    explicit = attention.attend(queries, keys, values, blocked)
+    torch.testing.assert_close(fused, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(explicit, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(unmasked, expected, rtol=1e-3, atol=1e-3)
+
+
 def test_attention_masks_predicted_at_the_levels_sizes_match_the_resized_stride_4_prediction() -> None:
     """Inference predicts the encoder layers' attention masks from mask features resized to each level; the
     training path (auxiliary outputs) resizes the stride-4 prediction. Same masks, so the same final logits."""
