@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
 import uuid
+import weakref
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,11 @@ DEFAULT_MAX_SESSIONS = 8
 # Bytes of cached image features (and label maps) across sessions: the CPU model's features of a 2-MP photo
 # take about 46 MB, a converted Swin-L's at 800x1216 several hundred.
 DEFAULT_MAX_CACHE_MB = 2048
+# Export folders kept on disk (the newest ones): Gradio serves a copy from its own cache once the export
+# returns, so older folders are only disk space on a long-running server.
+MAX_EXPORTS_KEPT = 32
+# Gradio's cache of uploads and served files: checked hourly, files older than a day deleted.
+GRADIO_DELETE_CACHE = (3600, 86400)
 
 
 def display_size(height: int, width: int) -> tuple[int, int]:
@@ -192,6 +199,10 @@ class DynamiteApp:
         self.processor = DynamiteImageProcessor.from_config(model.config)
         self.cache = PredictorCache(self.model, self.processor, max_sessions, max_cache_mb * 2**20)
         self.export_root = Path(tempfile.mkdtemp(prefix="dynamite-exports-"))
+        # Removed with the app, or when the process exits.
+        self._remove_exports = weakref.finalize(self, shutil.rmtree, self.export_root, ignore_errors=True)
+        self._exports: deque[Path] = deque()
+        self._exports_lock = threading.Lock()
 
     # -- actions: each takes the session state and returns (state, message) ------------------------------
     def load(self, state: SessionState, source: Any, session: str) -> tuple[SessionState, str]:
@@ -313,6 +324,11 @@ class DynamiteApp:
             for path in paths:
                 archive.write(path, path.name)
         files = [str(folder / name) for name in ("label_map.png", "instance_masks.zip", "coco.json")]
+        with self._exports_lock:
+            self._exports.append(folder)
+            stale = [self._exports.popleft() for _ in range(len(self._exports) - MAX_EXPORTS_KEPT)]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
         return files, f"Exported {state.num_instances} instance(s).{_empty_note(label_map, state.num_instances)}"
 
 
@@ -381,7 +397,7 @@ def build_demo(app: DynamiteApp):
     def snapshot(state):
         return state.image_key, list(state.clicks), state.num_instances, min(state.selected, state.num_instances)
 
-    with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation") as demo:
+    with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation", delete_cache=GRADIO_DELETE_CACHE) as demo:
         state = gr.State(SessionState())
         gr.Markdown(
             "## DynaMITe: click several objects, get all their masks\n"

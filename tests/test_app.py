@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
 import zipfile
@@ -14,6 +15,7 @@ from app_server import running_app
 from PIL import Image
 from test_modeling import tiny_model
 
+import dynamite_hf.gradio_app
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
 from dynamite_hf.gradio_app import MAX_SIDE, MIN_SIDE, DynamiteApp, PredictorCache, SessionState
 
@@ -159,6 +161,24 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
     with zipfile.ZipFile(next(f for f in files if f.endswith(".zip"))) as archive:
         assert archive.namelist() == ["instance_000.png", "instance_001.png"]
     assert "Instance 2 is empty" in app.click(state, 45, 62, False, "s")[1]
+
+
+def test_a_long_running_app_keeps_only_its_newest_exports_and_removes_them_with_itself(tmp_path, monkeypatch) -> None:
+    """A server that runs for days must not fill its disk with exports (Gradio serves its own copy of each), and
+    an app that goes away takes its folder with it."""
+    monkeypatch.setattr(dynamite_hf.gradio_app, "MAX_EXPORTS_KEPT", 2)
+    app = DynamiteApp(tiny_model(), "tiny")
+    state, _ = app.load(SessionState(), write_image(tmp_path, 0), "s")
+    state, _ = app.click(state, 10, 10, False, "s")
+    exports = [app.export(state, "s")[0] for _ in range(3)]
+    folders = [Path(files[0]).parent for files in exports]
+    assert len(set(folders)) == 3 and all(folder.parent == app.export_root for folder in folders)
+    assert not folders[0].exists()
+    assert all(Path(path).is_file() for files in exports[1:] for path in files)  # the newest two, whole
+    root = app.export_root
+    del app, state
+    gc.collect()
+    assert not root.exists()
 
 
 def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path) -> None:
