@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 
 from dynamite_hf.gradio_app import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS, DynamiteApp, build_demo, load_app_model
 from dynamite_hf.runtime import tune_cpu_allocator
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> None:
 
         model, label = quantize_int8(model), f"{label} (int8)"
     demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb))
+    # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does, so that the app's export
+    # folder and Gradio's cached files are removed (`delete_cache`) instead of left in the temporary directory.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
 
 

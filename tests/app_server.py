@@ -28,10 +28,14 @@ def running_app(model_dir: Path | None, max_sessions: int = 8, timeout: float = 
 
 
 @contextlib.contextmanager
-def app_process(model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0):
-    """`(url, subprocess.Popen)` of the app while it runs (the process for benchmarks that read its memory)."""
+def app_process(
+    model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0, extra_env: dict[str, str] | None = None
+):
+    """`(url, subprocess.Popen)` of the app while it runs (the process for benchmarks that read its memory),
+    stopped by SIGTERM as a container would be."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "2"}
+    env.update(extra_env or {})
     command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1"]
     command += ["--model", str(model_dir)] if model_dir is not None else []
     command += ["--port", str(port), "--max-sessions", str(max_sessions)]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_server import running_app
+from app_server import app_process, running_app
 from PIL import Image
 from test_modeling import tiny_model
 
@@ -59,6 +59,21 @@ def run_session(url, image_path, clicks_spec):
     messages.append(message)
     label_file = next(f for f in files if str(f).endswith("label_map.png"))
     return np.asarray(Image.open(label_file)), messages
+
+
+def test_a_server_stopped_by_sigterm_removes_its_exports(model_dir, tmp_path) -> None:
+    """A Space or container is stopped with SIGTERM: the app's export folder must go with it, not pile up in the
+    temporary directory from one restart to the next."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    image_path = write_image(tmp_path, 0)
+    extra_env = {"TMPDIR": str(temporary), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    with app_process(model_dir, extra_env=extra_env) as (url, process):
+        run_session(url, image_path, [("click", 10, 15, False)])
+        exports = list(temporary.glob("dynamite-exports-*"))
+        assert len(exports) == 1 and any(path.name == "coco.json" for path in exports[0].rglob("*"))
+    assert process.returncode == 0  # shut down, not killed
+    assert list(temporary.iterdir()) == []
 
 
 def test_session_over_http(model_dir, tmp_path) -> None:
