@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
 
         model, label = quantize_int8(model), f"{label} (int8)"
     demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb))
-    # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does, so that the app's export
-    # folder and Gradio's cached files are removed (`delete_cache`) instead of left in the temporary directory.
+    # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does: Gradio closes its server
+    # and the interpreter exits normally, removing the app's export folder instead of leaving it behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
 
