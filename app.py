@@ -11,8 +11,14 @@ import argparse
 import os
 import signal
 
-from dynamite_hf.gradio_app import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS, DynamiteApp, build_demo, load_app_model
-from dynamite_hf.runtime import tune_cpu_allocator
+from dynamite_hf.app.gradio_app import (
+    DEFAULT_MAX_CACHE_MB,
+    DEFAULT_MAX_SESSIONS,
+    DynamiteApp,
+    build_demo,
+    load_app_model,
+)
+from dynamite_hf.inference.runtime import tune_cpu_allocator
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     tune_cpu_allocator()
     model, label = load_app_model(args.model)
     if args.int8:
-        from dynamite_hf.quantization import quantize_int8
+        from dynamite_hf.inference.int8 import quantize_int8
 
         model, label = quantize_int8(model), f"{label} (int8)"
     demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb))

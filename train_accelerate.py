@@ -16,7 +16,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from dynamite_hf.runtime import tune_cpu_allocator
+from dynamite_hf.inference.runtime import tune_cpu_allocator
 from dynamite_hf.training import DynamiteTrainingArguments, train
 
 

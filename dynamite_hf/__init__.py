@@ -5,9 +5,9 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
 from .clicks import Click
-from .configuration_dynamite import PRESETS, DynamiteConfig
-from .image_processing_dynamite import DynamiteImageProcessor, load_image
-from .modeling_dynamite import (
+from .models.dynamite.configuration_dynamite import PRESETS, DynamiteConfig
+from .models.dynamite.image_processing_dynamite import DynamiteImageProcessor, load_image
+from .models.dynamite.modeling_dynamite import (
     DynamiteImageFeatures,
     DynamiteModel,
     DynamiteModelOutput,

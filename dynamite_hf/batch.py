@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from . import export
 from .clicks import Click
-from .modeling_dynamite import DynamiteModel
+from .models.dynamite.modeling_dynamite import DynamiteModel
 from .predictor import DynamitePredictor
 from .sharding import current_processes, run_sharded
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .backbones import convert_backbone_state_dict
-from .configuration_dynamite import PRESETS, DynamiteConfig
+from .models.dynamite.backbone_swin import relative_position_index
+from .models.dynamite.configuration_dynamite import PRESETS, DynamiteConfig
 
 _PIXEL_DECODER_RULES: list[tuple[str, str]] = [
     (r"input_proj\.(\d)\.([01])\.(weight|bias)", r"input_proj.\1.\2.\3"),
@@ -46,6 +46,70 @@ _TRANSFORMER_RULES: list[tuple[str, str]] = [
     (r"decoder\.cross_attention_layers\.(\d+)\.norm\.(.+)", r"decoder_layers.\1.cross_attention.norm.\2"),
     (r"decoder\.ffn_layers\.(\d+)\.(.+)", r"decoder_layers.\1.ffn.\2"),
 ]
+
+
+def _convert_resnet_backbone(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """detectron2 names are our names; anything else is refused."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if not (name.startswith("stem.") or name.split(".")[0] in ("res2", "res3", "res4", "res5")):
+            raise KeyError(name)
+        converted[name] = tensor
+    return converted
+
+
+def _convert_swin_backbone(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Original names are ours. `relative_position_index` buffers are recomputed by the model, so a checkpoint's
+    copy is only checked against the recomputed one."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        if name.split(".")[0] not in ("patch_embed", "layers", "norm0", "norm1", "norm2", "norm3"):
+            raise KeyError(name)
+        if name.endswith("relative_position_index"):
+            window = int(round(tensor.shape[0] ** 0.5))
+            if not torch.equal(tensor.long(), relative_position_index(window)):
+                raise ValueError(f"{name} differs from the standard Swin relative position index")
+            continue
+        converted[name] = tensor
+    return converted
+
+
+def _convert_mit_backbone(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Original names are ours (the original also strips a `.bottom_up` infix, which we accept)."""
+    converted = {}
+    for name, tensor in state_dict.items():
+        name = name.replace(".bottom_up", "").removeprefix("bottom_up.")
+        if name.split(".")[0].rstrip("1234") not in ("patch_embed", "block", "norm"):
+            raise KeyError(name)
+        converted[name] = tensor
+    return converted
+
+
+def _convert_hrnet_backbone(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Original names are ours."""
+    roots = {"conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3"}
+    roots |= {"stage2", "stage3", "stage4"}
+    converted = {}
+    for name, tensor in state_dict.items():
+        if name.split(".")[0] not in roots:
+            raise KeyError(name)
+        converted[name] = tensor
+    return converted
+
+
+_BACKBONE_CONVERTERS = {
+    "resnet": _convert_resnet_backbone,
+    "swin": _convert_swin_backbone,
+    "mit": _convert_mit_backbone,
+    "hrnet": _convert_hrnet_backbone,
+}
+
+
+def convert_backbone_state_dict(backbone_type: str, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map original backbone keys (`backbone.` prefix stripped) to ours; `KeyError` names a key with no place."""
+    if backbone_type not in _BACKBONE_CONVERTERS:
+        raise KeyError(f"there is no released DynaMITe checkpoint with a {backbone_type!r} backbone")
+    return _BACKBONE_CONVERTERS[backbone_type](state_dict)
 
 
 def _fpn_rule(name: str) -> str | None:

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from .clicks import Click, without_instance
-from .image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
-from .modeling_dynamite import (
+from .models.dynamite.image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
+from .models.dynamite.modeling_dynamite import (
     DynamiteImageFeatures,
     DynamiteModel,
     label_instances,
 )
-from .refinement import GuidedFilter, half_radius, half_size, image_to_guide
+from .models.dynamite.refinement import GuidedFilter, half_radius, half_size, image_to_guide
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class DynamitePredictor:
     """Interactive multi-instance segmentation of one image at a time.
 
     Args:
-        model: a `DynamiteModel` (put in eval mode here), or an `OnnxDynamiteModel` (`dynamite_hf.onnx_backend`).
+        model: a `DynamiteModel` (put in eval mode here), or an `OnnxDynamiteModel` (`dynamite_hf.inference.onnx`).
         processor: the matching `DynamiteImageProcessor` (default: built from the model's config).
         refine_boundaries: snap the mask boundaries to the image's edges with the guided filter of the model's
             config (`guided_filter_radius` etc., `dynamite_hf.refinement`). Default: on when the config's radius

@@ -84,7 +84,7 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
 
 def counted_flops(function) -> int:
     """FLOPs of the matrix products and convolutions `function()` runs, the in-place products (`addmm_`,
-    `baddbmm_`), oneDNN's fused linears (`dynamite_hf.feed_forward`) and the CPU flash attention, which
+    `baddbmm_`), oneDNN's fused linears (`dynamite_hf.inference.feed_forward`) and the CPU flash attention, which
     `FlopCounterMode` does not know, included."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -127,7 +127,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
     import torch
 
     from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel
-    from dynamite_hf.runtime import tune_cpu_allocator
+    from dynamite_hf.inference.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(threads)
@@ -137,7 +137,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
     else:
         model = DynamiteModel.from_pretrained(preset).eval()
     if int8:
-        from dynamite_hf.quantization import quantize_int8
+        from dynamite_hf.inference.int8 import quantize_int8
 
         quantize_int8(model)
     divisor = model.config.size_divisibility
@@ -210,7 +210,7 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
 def measure_refinement(
     config, height: int, width: int, repeats: int, timed
 ) -> tuple[float, dict[int, float], dict[int, float]]:
-    """Seconds of the predictor's boundary refinement (`dynamite_hf.refinement`, on where the config's
+    """Seconds of the predictor's boundary refinement (`dynamite_hf.models.dynamite.refinement`, on where the config's
     `guided_filter_radius` is positive, as in the bundled model; its radius 8 otherwise) at `height x width`:
     building the image's filter (once per image, on its first click) and, per click of 2 / 5 / 10 instances,
     filtering the instance probabilities and fusing them (the output at the same size); and the same per click
@@ -218,8 +218,8 @@ def measure_refinement(
     fitted there and applied at the full size)."""
     import torch
 
-    from dynamite_hf.modeling_dynamite import label_instances
-    from dynamite_hf.refinement import GuidedFilter, half_radius, halve
+    from dynamite_hf.models.dynamite.modeling_dynamite import label_instances
+    from dynamite_hf.models.dynamite.refinement import GuidedFilter, half_radius, halve
 
     radius = config.guided_filter_radius or 8
     guide = torch.rand(3, height, width)
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure; the median is printed")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--int8", action="store_true", help="with the opt-in int8 FFN layers (dynamite_hf.quantization)"
+        "--int8", action="store_true", help="with the opt-in int8 FFN layers (dynamite_hf.inference.int8)"
     )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

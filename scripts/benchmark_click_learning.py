@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf.data.benchmarks import read_dataset
 from dynamite_hf.data.instances import build_dataset
-from dynamite_hf.evaluation import read_dataset
+from dynamite_hf.data.synthetic import save_instance_folder, textured_shapes
 from dynamite_hf.evaluation.obedience import (
     evaluate_instance_separation,
     evaluate_single_click_choice,
@@ -40,7 +41,6 @@ from dynamite_hf.evaluation.obedience import (
     single_click_metrics,
 )
 from dynamite_hf.evaluation.protocols import ModelSegmenter
-from dynamite_hf.training.synthetic import save_instance_folder, textured_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
 

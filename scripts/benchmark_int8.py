@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""float32 against the opt-in int8 mode (`dynamite_hf.quantization`), side by side in one process, on real images.
+"""float32 against the opt-in int8 mode (`dynamite_hf.inference.int8`), side by side in one process, on real images.
 
     python scripts/benchmark_int8.py --data-root ../shared/data/GrabCut               # bundled model, GrabCut
     python scripts/benchmark_int8.py --parts click --max-clicks 10 --limit 20
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     from dynamite_hf import DynamiteModel, DynamitePredictor
     from dynamite_hf.data.benchmarks import iter_dataset
     from dynamite_hf.evaluation.clicker import Clicker
-    from dynamite_hf.quantization import quantize_int8
-    from dynamite_hf.runtime import tune_cpu_allocator
+    from dynamite_hf.inference.int8 import quantize_int8
+    from dynamite_hf.inference.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)

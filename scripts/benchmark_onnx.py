@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel
-    from dynamite_hf.onnx_backend import OnnxDynamiteModel
-    from dynamite_hf.runtime import tune_cpu_allocator
+    from dynamite_hf.inference.onnx import OnnxDynamiteModel
+    from dynamite_hf.inference.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()
     torch.set_num_threads(args.threads)

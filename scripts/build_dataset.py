@@ -17,7 +17,8 @@ import argparse
 import itertools
 import warnings
 
-from dynamite_hf.data.instances import SkipCounter, build_dataset, read_source
+from dynamite_hf.data.instances import SkipCounter, build_dataset
+from dynamite_hf.data.sources import read_source
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     load_original_state_dict(model, state_dict)
     model.save_pretrained(args.output)
     try:
-        from dynamite_hf.image_processing_dynamite import DynamiteImageProcessor
+        from dynamite_hf.models.dynamite.image_processing_dynamite import DynamiteImageProcessor
     except ImportError:  # the processor is optional for the conversion itself
         DynamiteImageProcessor = None
     if DynamiteImageProcessor is not None:

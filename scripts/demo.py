@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dynamite_hf import DynamitePredictor
+from dynamite_hf.app.gradio_app import load_app_model
 from dynamite_hf.export import render_overlay, save_coco, save_palette_label_map
-from dynamite_hf.gradio_app import load_app_model
-from dynamite_hf.runtime import tune_cpu_allocator
+from dynamite_hf.inference.runtime import tune_cpu_allocator
 
 
 def example_scene(height: int = 360, width: int = 540) -> tuple[np.ndarray, list[tuple[float, float, int | None]]]:

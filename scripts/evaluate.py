@@ -33,12 +33,11 @@ import itertools
 from pathlib import Path
 
 from dynamite_hf import DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf.data.benchmarks import DATASETS, iter_dataset
 from dynamite_hf.evaluation import (
-    DATASETS,
     MULTI_INSTANCE_STRATEGIES,
     evaluate_multi_instance,
     evaluate_single_instance,
-    iter_dataset,
     multi_instance_metrics,
     single_instance_metrics,
 )
@@ -57,7 +56,7 @@ from dynamite_hf.evaluation.report import (
     separation_table,
     single_instance_table,
 )
-from dynamite_hf.runtime import tune_cpu_allocator
+from dynamite_hf.inference.runtime import tune_cpu_allocator
 from dynamite_hf.sharding import current_processes, run_sharded
 
 # The strategies that draw from one random stream over the whole run (see the module docstring).
@@ -110,12 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--int8",
         action="store_true",
-        help="opt-in int8 FFN layers (dynamite_hf.quantization; CPU only): faster, masks change slightly",
+        help="opt-in int8 FFN layers (dynamite_hf.inference.int8; CPU only): faster, masks change slightly",
     )
     parser.add_argument(
         "--guided-filter-radius",
         type=int,
-        help="boundary refinement (dynamite_hf.refinement): the guided filter's radius in working-size pixels, 0 "
+        help="boundary refinement (dynamite_hf.models.dynamite.refinement): the guided filter's radius in working-size pixels, 0 "
         "to turn it off (default: the config's; the bundled model's is on, the released models' off)",
     )
     parser.add_argument("--output", default="evaluation_output")
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--guided-filter-radius must be >= 0 (0: off), got {args.guided_filter_radius}")
         model.config.guided_filter_radius = args.guided_filter_radius
     if args.int8:
-        from dynamite_hf.quantization import quantize_int8
+        from dynamite_hf.inference.int8 import quantize_int8
 
         quantize_int8(model)
     processor = DynamiteImageProcessor.from_config(

@@ -4,7 +4,7 @@
     python scripts/export_onnx.py --model models/dynamite-mobilenet-v2 --output onnx/mobilenet-v2
     python scripts/export_onnx.py --model resnet50 --output onnx/r50     # a preset: random weights
 
-Writes `image_encoder.onnx`, `click_decoder.onnx` and `dynamite_onnx.json` (see `dynamite_hf.onnx_backend`);
+Writes `image_encoder.onnx`, `click_decoder.onnx` and `dynamite_onnx.json` (see `dynamite_hf.inference.onnx`);
 both graphs take any image size and any number of clicks. Load them with
 `OnnxDynamiteModel.from_pretrained(OUTPUT)`. Needs `pip install -e ".[onnx]"`.
 """
@@ -18,7 +18,7 @@ import time
 
 def main(argv: list[str] | None = None) -> None:
     from dynamite_hf import PRESETS, DynamiteConfig, DynamiteModel
-    from dynamite_hf.onnx_backend import DEFAULT_OPSET, export_onnx
+    from dynamite_hf.inference.onnx import DEFAULT_OPSET, export_onnx
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(

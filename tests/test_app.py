@@ -15,9 +15,9 @@ from app_server import app_process, running_app
 from PIL import Image
 from test_modeling import tiny_model
 
-import dynamite_hf.gradio_app
+import dynamite_hf.app.gradio_app
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
-from dynamite_hf.gradio_app import MAX_SIDE, MIN_SIDE, DynamiteApp, PredictorCache, SessionState
+from dynamite_hf.app.gradio_app import MAX_SIDE, MIN_SIDE, DynamiteApp, PredictorCache, SessionState
 
 gradio_client = pytest.importorskip("gradio_client")
 LOOK = (0.5, 3, False)  # alpha, click radius, masks only
@@ -181,7 +181,7 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
 def test_a_long_running_app_keeps_only_its_newest_exports_and_removes_them_with_itself(tmp_path, monkeypatch) -> None:
     """A server that runs for days must not fill its disk with exports (Gradio serves its own copy of each), and
     an app that goes away takes its folder with it."""
-    monkeypatch.setattr(dynamite_hf.gradio_app, "MAX_EXPORTS_KEPT", 2)
+    monkeypatch.setattr(dynamite_hf.app.gradio_app, "MAX_EXPORTS_KEPT", 2)
     app = DynamiteApp(tiny_model(), "tiny")
     state, _ = app.load(SessionState(), write_image(tmp_path, 0), "s")
     state, _ = app.click(state, 10, 10, False, "s")

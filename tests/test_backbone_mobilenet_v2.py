@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynamite_hf import DynamiteConfig, DynamiteModel
-from dynamite_hf.backbones import mobilenet_v2
+from dynamite_hf.models.dynamite import backbone_mobilenet_v2 as mobilenet_v2
 
 
 def test_levels_have_the_documented_strides_and_channels() -> None:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from dynamite_hf import DynamiteModel, DynamitePredictor
-from dynamite_hf.evaluation import Clicker, read_dataset
+from dynamite_hf.data.benchmarks import read_dataset
+from dynamite_hf.evaluation import Clicker
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "dynamite-mobilenet-v2"
@@ -32,7 +33,7 @@ def test_the_bundled_weights_are_small_safetensors_loaded_offline() -> None:
 
 
 def test_the_app_loads_the_bundled_model_by_default(monkeypatch) -> None:
-    from dynamite_hf.gradio_app import load_app_model
+    from dynamite_hf.app.gradio_app import load_app_model
 
     monkeypatch.delenv("DYNAMITE_MODEL", raising=False)
     model, label = load_app_model(None)
@@ -99,7 +100,7 @@ def test_corrective_clicks_are_obeyed_and_improve_the_mask(bundled_segmenter) ->
 
 @pytest.mark.skipif(not (DATA / "DAVIS").is_dir(), reason="../shared/data/DAVIS is not present")
 def test_the_bundled_model_snaps_mask_boundaries_to_the_photo(bundled_segmenter) -> None:
-    """The bundled config turns on the guided-filter refinement (`dynamite_hf.refinement`). On the first eight
+    """The bundled config turns on the guided-filter refinement (`dynamite_hf.models.dynamite.refinement`). On the first eight
     DAVIS frames, after the protocol's 10 clicks (made on the refined masks), the refined masks are closer to the
     ground truth than the same clicks' masks without it. Measured (the bundled average of stages 22 and 24): mean
     IoU 0.939 against 0.910 (stage 22: 0.936 against 0.908; the average of stages 16 and 18: 0.943 against 0.905; stage 16: 0.927 against 0.890; stage 13: 0.935
@@ -137,7 +138,8 @@ def training_command() -> list[str]:
 def test_the_model_card_command_starts_from_the_recorded_state(tmp_path) -> None:
     """Re-run the card's command for one step on a stand-in dataset: its initial weights (which do not depend on
     the data) hash to the digest recorded by the bundled run."""
-    from dynamite_hf.instance_datasets import build_dataset, read_source
+    from dynamite_hf.data.instances import build_dataset
+    from dynamite_hf.data.sources import read_source
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from dynamite_hf.clicks import Click
-from dynamite_hf.instance_datasets import build_dataset, decode_rle, read_source, split_components
-from dynamite_hf.training.loss import click_disk_points, mask_losses
-from dynamite_hf.training.synthetic import (
+from dynamite_hf.data.instances import build_dataset, decode_rle, split_components
+from dynamite_hf.data.sources import read_source
+from dynamite_hf.data.synthetic import (
     color_regions,
     composite_image,
     copy_paste_composites,
@@ -24,6 +24,7 @@ from dynamite_hf.training.synthetic import (
     textured_shapes,
     textured_shapes_image,
 )
+from dynamite_hf.training.loss import click_disk_points, mask_losses
 
 
 def test_textured_shapes_are_apart_alike_and_reproducible() -> None:
@@ -207,7 +208,7 @@ def test_binary_components_source_splits_masks(tmp_path) -> None:
 
 
 def test_save_instance_folder_round_trips_through_the_folder_reader(tmp_path) -> None:
-    from dynamite_hf.evaluation import read_dataset
+    from dynamite_hf.data.benchmarks import read_dataset
 
     examples = list(textured_shapes(2, seed=4, size=96))
     save_instance_folder(examples, tmp_path)

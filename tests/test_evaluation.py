@@ -8,14 +8,13 @@ import pytest
 from reference import DATA, requires_data
 
 from dynamite_hf import Click
+from dynamite_hf.data.benchmarks import EvaluationSample, read_dataset
 from dynamite_hf.evaluation import (
     Clicker,
-    EvaluationSample,
     distance_transform,
     evaluate_multi_instance,
     evaluate_single_instance,
     multi_instance_metrics,
-    read_dataset,
     single_instance_metrics,
 )
 from dynamite_hf.evaluation.protocols import MultiInstanceResult, Timings
@@ -312,7 +311,7 @@ def test_coco_reader_rasterises_polygons_and_drops_crowds(tmp_path) -> None:
 def test_readers_round_trip_through_a_datasets_dataset(tmp_path) -> None:
     from datasets import load_from_disk
 
-    from dynamite_hf.evaluation.datasets import from_hf_row, to_hf_dataset
+    from dynamite_hf.data.instances import from_hf_row, to_hf_dataset
 
     original = read_dataset("davis", DATA / "DAVIS", mode="multi")[:3] + read_dataset("grabcut", DATA / "GrabCut")[:2]
     to_hf_dataset(original).save_to_disk(tmp_path / "ds")
@@ -326,7 +325,7 @@ def test_readers_round_trip_through_a_datasets_dataset(tmp_path) -> None:
 
 
 def test_an_object_covered_by_smaller_ones_stays_as_an_empty_object() -> None:
-    from dynamite_hf.evaluation.datasets import paint_instances
+    from dynamite_hf.data.benchmarks import paint_instances
 
     big = np.zeros((20, 20), dtype=bool)
     big[2:6, 2:6] = True
@@ -351,7 +350,7 @@ def _two_objects_small_first() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_objects_are_numbered_by_area_not_by_annotation_order() -> None:
-    from dynamite_hf.evaluation.datasets import paint_instances
+    from dynamite_hf.data.benchmarks import paint_instances
 
     small, big = _two_objects_small_first()
     instance_map = paint_instances([small, big])
@@ -362,7 +361,7 @@ def test_objects_are_numbered_by_area_not_by_annotation_order() -> None:
 def test_folder_reader_numbers_objects_by_area(tmp_path) -> None:
     from PIL import Image
 
-    from dynamite_hf.evaluation import read_dataset
+    from dynamite_hf.data.benchmarks import read_dataset
 
     small, big = _two_objects_small_first()
     (tmp_path / "images").mkdir()
@@ -388,7 +387,7 @@ class Recorder:
 
 @pytest.mark.parametrize("strategy", ["random", "worst", "round_robin"])
 def test_a_multi_instance_run_does_not_depend_on_the_annotation_order(strategy) -> None:
-    from dynamite_hf.evaluation.datasets import paint_instances
+    from dynamite_hf.data.benchmarks import paint_instances
 
     small, big = _two_objects_small_first()
     runs = []

@@ -13,8 +13,8 @@ from transformers import AutoConfig, AutoModel
 
 from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel, fuse_instances
 from dynamite_hf.conversion import convert_original_state_dict, load_original_state_dict
-from dynamite_hf.feed_forward import _onednn_available
-from dynamite_hf.modeling_dynamite import group_query_logits, label_instances
+from dynamite_hf.inference.feed_forward import _onednn_available
+from dynamite_hf.models.dynamite.modeling_dynamite import group_query_logits, label_instances
 
 TINY_HEAD = {
     "hidden_dim": 32,
@@ -101,7 +101,7 @@ def test_image_features_count_the_bytes_of_each_tensor_once() -> None:
 def test_inference_ffns_over_row_chunks_give_the_unchunked_logits(monkeypatch) -> None:
     """The pixel decoder's and the interactive transformer's FFNs run over chunks of rows in inference (their
     wide activation never exists whole); a chunk size that splits every FFN must not change the logits."""
-    import dynamite_hf.feed_forward
+    import dynamite_hf.inference.feed_forward
 
     model = tiny_model()
     pixel_values = torch.randn(1, 3, 96, 128)
@@ -114,7 +114,9 @@ def test_inference_ffns_over_row_chunks_give_the_unchunked_logits(monkeypatch) -
         whole = model(pixel_values=pixel_values, clicks=clicks).pred_masks
         for module in chunked_modules:
             del module.chunked
-        monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", 7 * 64)  # 7 rows or fewer per chunk
+        monkeypatch.setattr(
+            dynamite_hf.inference.feed_forward, "FFN_CHUNK_ELEMENTS", 7 * 64
+        )  # 7 rows or fewer per chunk
         chunked = model(pixel_values=pixel_values, clicks=clicks).pred_masks
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
@@ -124,14 +126,14 @@ def test_ffn_in_chunks_is_the_plain_block_bit_for_bit(monkeypatch, rows_per_chun
     """The chunked FFN reuses one activation buffer for `linear1` and adds its bias after the product: the
     result must equal `norm(x + linear2(relu(linear1(x))))` on the same chunks exactly, the last (shorter) chunk
     included, and a module that is not a plain `nn.Linear` (a quantized one) must still be called as a module."""
-    import dynamite_hf.feed_forward
-    from dynamite_hf.feed_forward import ffn_in_chunks
+    import dynamite_hf.inference.feed_forward
+    from dynamite_hf.inference.feed_forward import ffn_in_chunks
 
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
     hidden = torch.randn(2, 33, 24)
-    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
-    monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+    monkeypatch.setattr(dynamite_hf.inference.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
+    monkeypatch.setattr(dynamite_hf.inference.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
     with torch.inference_mode():
         chunks = hidden.reshape(-1, 24).split(rows_per_chunk)
         expected = torch.cat([norm(c + linear2(torch.relu(linear1(c)))) for c in chunks]).view(hidden.shape)
@@ -154,17 +156,17 @@ def test_ffn_in_chunks_summing_into_its_input_is_the_plain_block(monkeypatch) ->
     """`overwrite_input=True` sums into the input and norms once over the whole: the plain block up to float
     rounding for every chunk size; the input is left alone without the flag, and a module that is not a plain
     `nn.Linear` (a quantized one) falls back to the path that leaves it alone."""
-    import dynamite_hf.feed_forward
-    from dynamite_hf.feed_forward import ffn_in_chunks
+    import dynamite_hf.inference.feed_forward
+    from dynamite_hf.inference.feed_forward import ffn_in_chunks
 
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
     hidden = torch.randn(2, 33, 24)
-    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
+    monkeypatch.setattr(dynamite_hf.inference.feed_forward, "USE_ONEDNN", False)  # the plain path (oneDNN: next tests)
     with torch.inference_mode():
         expected = norm(hidden + linear2(torch.relu(linear1(hidden))))
         for rows_per_chunk in (5, 33, 1000):
-            monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+            monkeypatch.setattr(dynamite_hf.inference.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
             untouched = hidden.clone()
             ffn_in_chunks(untouched, linear1, linear2, norm)
             assert torch.equal(untouched, hidden)
@@ -202,8 +204,8 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
     weight changed after a call is used by the next one (nothing reordered is kept); modules that are not
     plain `nn.Linear`s, fewer rows than `ONEDNN_MIN_ROWS`, `USE_ONEDNN = False` and oneDNN disabled by the user
     (`torch.backends.mkldnn.flags(enabled=False)`) take the plain path."""
-    import dynamite_hf.feed_forward
-    from dynamite_hf.feed_forward import ffn_in_chunks
+    import dynamite_hf.inference.feed_forward
+    from dynamite_hf.inference.feed_forward import ffn_in_chunks
 
     torch.manual_seed(0)
     linear1, linear2, norm = torch.nn.Linear(24, 40), torch.nn.Linear(40, 24), torch.nn.LayerNorm(24)
@@ -219,9 +221,9 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
         with _RecordedOps() as recorded:  # 66 rows: below ONEDNN_MIN_ROWS, reordering would cost more
             ffn_in_chunks(hidden, linear1, linear2, norm)
         assert not any("mkldnn" in name for name in recorded.names)
-        monkeypatch.setattr(dynamite_hf.feed_forward, "ONEDNN_MIN_ROWS", 1)
+        monkeypatch.setattr(dynamite_hf.inference.feed_forward, "ONEDNN_MIN_ROWS", 1)
         for rows_per_chunk in (5, 33, 1000):
-            monkeypatch.setattr(dynamite_hf.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
+            monkeypatch.setattr(dynamite_hf.inference.feed_forward, "FFN_CHUNK_ELEMENTS", rows_per_chunk * 40)
             for overwrite in (False, True):
                 with _RecordedOps() as recorded:
                     result = ffn_in_chunks(hidden.clone(), linear1, linear2, norm, overwrite_input=overwrite)
@@ -239,9 +241,9 @@ def test_ffn_in_chunks_through_onednn_is_the_float64_block(monkeypatch) -> None:
 
         other = Quantized(40, 24)
         other.load_state_dict(linear2.state_dict())
-        monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", True)
+        monkeypatch.setattr(dynamite_hf.inference.feed_forward, "USE_ONEDNN", True)
         for second, switch, enabled in ((other, True, True), (linear2, False, True), (linear2, True, False)):
-            monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", switch)
+            monkeypatch.setattr(dynamite_hf.inference.feed_forward, "USE_ONEDNN", switch)
             with _RecordedOps() as recorded, torch.backends.mkldnn.flags(enabled=enabled):
                 result = ffn_in_chunks(hidden.clone(), linear1, second, norm, overwrite_input=True)
             assert not any("mkldnn" in name for name in recorded.names)
@@ -281,9 +283,9 @@ def test_decoder_in_blocks_of_pixels_gives_the_layer_by_layer_logits(monkeypatch
     that do not divide the pixel count, over a batch of two images, give the layer-by-layer logits. With few
     keys the blocks take their scores through oneDNN (one product per image, block and layer, beside the FFNs'
     two) or `addmm` (oneDNN off), and their softmax in base 2 (`exp2`); the mask head goes through oneDNN too."""
-    import dynamite_hf.feed_forward
+    import dynamite_hf.inference.feed_forward
 
-    monkeypatch.setattr(dynamite_hf.feed_forward, "USE_ONEDNN", onednn)
+    monkeypatch.setattr(dynamite_hf.inference.feed_forward, "USE_ONEDNN", onednn)
     model = tiny_model(hidden_dim=64, pixel_decoder_dim=64, num_heads=2, decoder_layers=2)
     transformer = model.interactive_transformer
     pixel_values = torch.randn(2, 3, 96, 128)
@@ -322,7 +324,7 @@ def test_softmax_base2_is_each_heads_softmax(monkeypatch) -> None:
     """`softmax_base2_` is each head's `softmax(s * ln 2)` in float32 and float64; scores whose powers of 2
     overflow or underflow as a whole head give None, and the decoder's blocks then compute the scores again for
     `softmax_base2_fallback` (`torch.softmax`, which takes any scores); half precision goes there at once."""
-    from dynamite_hf.interactive_transformer import softmax_base2_, softmax_base2_fallback
+    from dynamite_hf.models.dynamite.interactive_transformer import softmax_base2_, softmax_base2_fallback
 
     torch.manual_seed(0)
     for dtype, tolerance in ((torch.float32, 1e-6), (torch.float64, 1e-13)):
@@ -345,11 +347,11 @@ def test_softmax_base2_is_each_heads_softmax(monkeypatch) -> None:
     torch.testing.assert_close(softmax_base2_(half.clone(), heads=2).float(), expected, rtol=2e-2, atol=1e-2)
 
     # In the decoder: blocks whose scores overflow are computed again and go through torch.softmax.
-    import dynamite_hf.interactive_transformer
+    import dynamite_hf.models.dynamite.interactive_transformer
 
     fallbacks = []
     monkeypatch.setattr(
-        dynamite_hf.interactive_transformer,
+        dynamite_hf.models.dynamite.interactive_transformer,
         "softmax_base2_fallback",
         lambda *args: fallbacks.append(1) or softmax_base2_fallback(*args),
     )
@@ -554,22 +556,6 @@ def test_checkpoint_with_foreign_or_missing_keys_is_refused() -> None:
         convert_original_state_dict({"sem_seg_head.predictor.class_embed.weight": torch.zeros(1)}, model.config)
     with pytest.raises(KeyError, match="missing from the checkpoint"):
         load_original_state_dict(model, {"sem_seg_head.interactive_transformer.query_embed": torch.zeros(32)})
-
-
-def test_the_configuration_needs_no_backbone_module() -> None:
-    """The config reads the families' defaults from a torch-free table: building any preset's config imports no
-    backbone family module (they import the config only for type hints), so the two cannot import each other."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; from dynamite_hf.configuration_dynamite import DynamiteConfig; "
-        "[DynamiteConfig.from_preset(p) for p in ('resnet50', 'hrnet_w32', 'mit_b0', 'swin_tiny', 'swin_large')]; "
-        "loaded = [m for m in sys.modules if m.startswith('dynamite_hf.backbones.') and m != 'dynamite_hf.backbones._config']; "
-        "print(loaded); assert not loaded"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

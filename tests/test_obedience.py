@@ -9,7 +9,7 @@ import pytest
 from test_evaluate_script import evaluate_main
 
 from dynamite_hf.clicks import Click
-from dynamite_hf.evaluation import EvaluationSample
+from dynamite_hf.data.benchmarks import EvaluationSample
 from dynamite_hf.evaluation.obedience import (
     evaluate_instance_separation,
     evaluate_obedience,

@@ -16,7 +16,7 @@ pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip 
 from test_modeling import tiny_model  # noqa: E402
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor  # noqa: E402
-from dynamite_hf.onnx_backend import (  # noqa: E402
+from dynamite_hf.inference.onnx import (  # noqa: E402
     CLICK_DECODER_FILE,
     IMAGE_ENCODER_FILE,
     METADATA_FILE,
@@ -130,7 +130,7 @@ def test_forward_label_maps_match_pytorch(mobilenet, clicks_name) -> None:
     assert got.label_maps[0].shape == output_size
     assert got.num_clicks_per_instance == expected.num_clicks_per_instance
     torch.testing.assert_close(got.instance_logits[0], expected.instance_logits[0], rtol=0, atol=ATOL)
-    from dynamite_hf.modeling_dynamite import group_query_logits
+    from dynamite_hf.models.dynamite.modeling_dynamite import group_query_logits
 
     instance_logits, background = group_query_logits(logits, expected.num_clicks_per_instance[0])
     _assert_same_label_maps_outside_near_ties(

@@ -7,7 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dynamite_hf.pixel_decoder import WeightedGatherSum, multi_scale_deformable_attention, sine_position_encoding
+from dynamite_hf.models.dynamite.pixel_decoder import (
+    WeightedGatherSum,
+    multi_scale_deformable_attention,
+    sine_position_encoding,
+)
 
 
 def grid_sample_deformable_attention(value, spatial_shapes, locations, weights):

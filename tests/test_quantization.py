@@ -12,8 +12,9 @@ from test_evaluate_script import evaluate_main
 from test_modeling import tiny_model
 
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
-from dynamite_hf.evaluation import Clicker, read_dataset
-from dynamite_hf.quantization import is_quantized, quantize_int8
+from dynamite_hf.data.benchmarks import read_dataset
+from dynamite_hf.evaluation import Clicker
+from dynamite_hf.inference.int8 import is_quantized, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "dynamite-mobilenet-v2"
@@ -87,7 +88,7 @@ def test_int8_masks_stay_close_to_float32_on_real_photos() -> None:
 
 
 def test_evaluate_int8_quantizes_the_model_it_evaluates(folder_dataset, monkeypatch) -> None:
-    import dynamite_hf.quantization
+    import dynamite_hf.inference.int8
 
     quantized = []
 
@@ -95,7 +96,7 @@ def test_evaluate_int8_quantizes_the_model_it_evaluates(folder_dataset, monkeypa
         quantized.append(quantize_int8(model, *args))
         return quantized[-1]
 
-    monkeypatch.setattr(dynamite_hf.quantization, "quantize_int8", recording)
+    monkeypatch.setattr(dynamite_hf.inference.int8, "quantize_int8", recording)
     output = folder_dataset / "out"
     evaluate_main(
         ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset / "data")]

@@ -1,4 +1,4 @@
-"""The guided filter of `dynamite_hf.refinement` and the predictor's boundary refinement: window means are exact,
+"""The guided filter of `dynamite_hf.models.dynamite.refinement` and the predictor's boundary refinement: window means are exact,
 the filter keeps sums, a boundary snaps to the photo's edge, and off means exactly the model's masks."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 from test_modeling import tiny_model
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor
-from dynamite_hf.refinement import GuidedFilter, box_mean, halve, image_to_guide
+from dynamite_hf.models.dynamite.refinement import GuidedFilter, box_mean, halve, image_to_guide
 
 
 def test_box_mean_is_the_mean_over_the_window_inside_the_image() -> None:

@@ -44,7 +44,8 @@ def four_images(tmp_path_factory) -> Path:
     a corrupt image and an image without instances (a second dataset, concatenated by the trainer)."""
     import datasets
 
-    from dynamite_hf.instance_datasets import build_dataset, read_source
+    from dynamite_hf.data.instances import build_dataset
+    from dynamite_hf.data.sources import read_source
 
     folder = tmp_path_factory.mktemp("data")
     large = (e for e in read_source(f"yolo:{COCO128}") if any(m.mean() > 0.1 for m in e.masks))

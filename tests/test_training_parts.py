@@ -176,7 +176,7 @@ def _png(seed: int) -> bytes:
 def mixed_dataset():
     import datasets
 
-    from dynamite_hf.instance_datasets import instance_features
+    from dynamite_hf.data.instances import instance_features
 
     good = np.zeros((64, 64), dtype=bool)
     good[10:50, 10:50] = True
@@ -249,7 +249,7 @@ def test_training_starts_from_an_original_checkpoint_a_folder_or_imagenet(tmp_pa
     arguments.from_pretrained = str(tmp_path / "folder")
     assert weights_digest(build_model(arguments)) == weights_digest(converted)
     imagenet = build_model(DynamiteTrainingArguments(dataset=["unused"], output_dir=str(tmp_path), init="imagenet"))
-    from dynamite_hf.backbones.mobilenet_v2 import imagenet_weights_path
+    from dynamite_hf.models.dynamite.backbone_mobilenet_v2 import imagenet_weights_path
 
     reference = torch.load(imagenet_weights_path(), weights_only=True)
     first = next(k for k in reference if k.endswith("weight") and reference[k].ndim == 4)

@@ -1,4 +1,4 @@
-"""Training samples from `dynamite_hf.instance_datasets` rows, in a deterministic order that survives resuming.
+"""Training samples from `dynamite_hf.data.instances` rows, in a deterministic order that survives resuming.
 
 Every sample is addressed by its global position `p` in the stream of samples the run consumes: micro-step
 `m` of process `r` (of `W`, each taking `B` samples) reads positions `m * B * W + r * B + [0, B)`. Position `p`
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..clicks import Click
-from ..instance_datasets import decode_rle
+from ..data.instances import decode_rle
 from .augmentation import augment
 from .click_simulation import initial_clicks
 
@@ -62,7 +62,7 @@ class DynamiteTrainingDataset(torch.utils.data.Dataset):
     """Map-style view of an instance dataset indexed by global sample position (see the module docstring).
 
     Args:
-        dataset: a `datasets.Dataset` of the `dynamite_hf.instance_datasets` schema.
+        dataset: a `datasets.Dataset` of the `dynamite_hf.data.instances` schema.
         crop_size: side of the square training crop.
         seed: the run's seed.
         pixel_mean / pixel_std: RGB normalisation (0-255 scale), from the model config.

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..modeling_dynamite import group_query_logits
+from ..models.dynamite.modeling_dynamite import group_query_logits
 
 
 def point_sample(inputs: Tensor, coords_xy: Tensor) -> Tensor:

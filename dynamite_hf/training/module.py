@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..clicks import Click
-from ..modeling_dynamite import DynamiteModel, fuse_instances
+from ..models.dynamite.modeling_dynamite import DynamiteModel, fuse_instances
 from .click_simulation import corrective_clicks
 
 

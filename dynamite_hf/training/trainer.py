@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..configuration_dynamite import DynamiteConfig
-from ..modeling_dynamite import DynamiteModel
+from ..models.dynamite.configuration_dynamite import DynamiteConfig
+from ..models.dynamite.modeling_dynamite import DynamiteModel
 from .data import DynamiteTrainingDataset, TrainingOrder, collate
 from .loss import click_disk_points, deep_supervision_loss
 from .module import DynamiteForInteractiveTraining, multistep_schedule, parameter_groups, supervised_aux_count
@@ -318,7 +318,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
 
     eval_samples = None
     if arguments.eval_every and accelerator.is_main_process:
-        from ..evaluation import read_dataset
+        from ..data.benchmarks import read_dataset
 
         eval_samples = read_dataset(arguments.eval_dataset, arguments.eval_data_root)[: arguments.eval_limit]
 
@@ -453,7 +453,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         # The trained weights hold the backbone: loading them must not need the ImageNet weights package.
         unwrapped.model.config.use_imagenet_backbone = False
         unwrapped.model.save_pretrained(output_dir)
-        from ..image_processing_dynamite import DynamiteImageProcessor
+        from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
 
         DynamiteImageProcessor.from_config(unwrapped.model.config).save_pretrained(output_dir)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
@@ -479,7 +479,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source:
     """A `save_pretrained` folder (model, processor config) from a `checkpoints/step_N` folder of a run."""
     from safetensors.torch import load_file
 
-    from ..image_processing_dynamite import DynamiteImageProcessor
+    from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
 
     checkpoint = Path(checkpoint)
     weights = checkpoint / "model.safetensors"

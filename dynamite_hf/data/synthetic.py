@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..instance_datasets import InstanceExample, decode_rle
+from .instances import InstanceExample, decode_rle
 
 # ---------------------------------------------------------------------------------------------------------
 # textures and shapes

@@ -27,11 +27,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import export
-from .clicks import Click, without_instance
-from .image_processing_dynamite import DynamiteImageProcessor, load_image
-from .modeling_dynamite import DynamiteModel
-from .predictor import DynamitePredictor
+from .. import export
+from ..clicks import Click, without_instance
+from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor, load_image
+from ..models.dynamite.modeling_dynamite import DynamiteModel
+from ..predictor import DynamitePredictor
 
 MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a notice)
 MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to click in the browser
@@ -351,10 +351,10 @@ def _empty_note(label_map: np.ndarray, num_instances: int) -> str:
 
 def load_app_model(model: str | None) -> tuple[DynamiteModel, str]:
     """The model named by `model`, else `$DYNAMITE_MODEL`, else the bundled default, else a labelled fallback."""
-    from .configuration_dynamite import DynamiteConfig
+    from ..models.dynamite.configuration_dynamite import DynamiteConfig
 
     name = model or os.environ.get("DYNAMITE_MODEL")
-    bundled = Path(__file__).resolve().parent.parent / "models" / "dynamite-mobilenet-v2"
+    bundled = Path(__file__).resolve().parents[2] / "models" / "dynamite-mobilenet-v2"
     if name:
         return DynamiteModel.from_pretrained(name), name
     if (bundled / "config.json").is_file():

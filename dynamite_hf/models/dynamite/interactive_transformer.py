@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .clicks import Click
+from ...clicks import Click
+from ...inference.feed_forward import ffn_in_chunks, onednn_ffn_weights, onednn_linear_weight
 from .configuration_dynamite import DynamiteConfig
-from .feed_forward import ffn_in_chunks, onednn_ffn_weights, onednn_linear_weight
 from .pixel_decoder import sine_position_encoding
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._config import BACKBONE_DEFAULTS, merge_backbone_config
+from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 # (expansion t, channels c, repeats n, first stride s), torchvision's table.
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -91,10 +91,6 @@ class DynamiteMobileNetV2Backbone(nn.Module):
 
 def build(backbone_config: Mapping) -> DynamiteMobileNetV2Backbone:
     return DynamiteMobileNetV2Backbone(**merge_backbone_config("mobilenet_v2", backbone_config, _DEFAULTS))
-
-
-def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    raise KeyError("there is no released DynaMITe checkpoint with a MobileNetV2 backbone")
 
 
 def imagenet_weights_path() -> Path:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
-from .clicks import Click
+from ...clicks import Click
 from .configuration_dynamite import DynamiteConfig
 
 ImageLike = str | Path | Image.Image | np.ndarray

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import BACKBONE_DEFAULTS, merge_backbone_config
+from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEFAULTS = BACKBONE_DEFAULTS["hrnet"]
 
@@ -156,15 +156,3 @@ def build(backbone_config: Mapping) -> DynamiteHRNetBackbone:
     if len(config["stage_modules"]) != 3:
         raise ValueError(f"hrnet stage_modules must list 3 stages, got {config['stage_modules']!r}")
     return DynamiteHRNetBackbone(**config)
-
-
-def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Original names are ours."""
-    roots = {"conv1", "bn1", "conv2", "bn2", "layer1", "transition1", "transition2", "transition3"}
-    roots |= {"stage2", "stage3", "stage4"}
-    converted = {}
-    for name, tensor in state_dict.items():
-        if name.split(".")[0] not in roots:
-            raise KeyError(name)
-        converted[name] = tensor
-    return converted

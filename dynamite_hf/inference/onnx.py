@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .configuration_dynamite import DynamiteConfig
-from .interactive_transformer import DynamiteQueryBatch, DynamiteTransformerMemory
-from .modeling_dynamite import DynamiteImageFeatures, DynamiteModel
+from ..models.dynamite.configuration_dynamite import DynamiteConfig
+from ..models.dynamite.interactive_transformer import DynamiteQueryBatch, DynamiteTransformerMemory
+from ..models.dynamite.modeling_dynamite import DynamiteImageFeatures, DynamiteModel
 
 IMAGE_ENCODER_FILE = "image_encoder.onnx"
 CLICK_DECODER_FILE = "click_decoder.onnx"
@@ -166,7 +166,7 @@ def export_onnx(
     """
     from torch.export import Dim
 
-    from .clicks import Click, order_clicks
+    from ..clicks import Click, order_clicks
 
     if not isinstance(model, DynamiteModel):
         raise TypeError(f"model must be a DynamiteModel, got {type(model).__name__}")

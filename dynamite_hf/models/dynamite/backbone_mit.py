@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import BACKBONE_DEFAULTS, merge_backbone_config
+from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEFAULTS = BACKBONE_DEFAULTS["mit"]
 
@@ -154,14 +154,3 @@ class DynamiteMiTBackbone(nn.Module):
 
 def build(backbone_config: Mapping) -> DynamiteMiTBackbone:
     return DynamiteMiTBackbone(**merge_backbone_config("mit", backbone_config, _DEFAULTS))
-
-
-def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Original names are ours (the original also strips a `.bottom_up` infix, which we accept)."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        name = name.replace(".bottom_up", "").removeprefix("bottom_up.")
-        if name.split(".")[0].rstrip("1234") not in ("patch_embed", "block", "norm"):
-            raise KeyError(name)
-        converted[name] = tensor
-    return converted

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import BACKBONE_DEFAULTS, merge_backbone_config
-from .mit import drop_path
+from .backbone_mit import drop_path
+from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEFAULTS = BACKBONE_DEFAULTS["swin"]
 
@@ -212,19 +212,3 @@ class DynamiteSwinBackbone(nn.Module):
 
 def build(backbone_config: Mapping) -> DynamiteSwinBackbone:
     return DynamiteSwinBackbone(**merge_backbone_config("swin", backbone_config, _DEFAULTS))
-
-
-def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Original names are ours. `relative_position_index` buffers are recomputed by the model, so a checkpoint's
-    copy is only checked against the recomputed one."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        if name.split(".")[0] not in ("patch_embed", "layers", "norm0", "norm1", "norm2", "norm3"):
-            raise KeyError(name)
-        if name.endswith("relative_position_index"):
-            window = int(round(tensor.shape[0] ** 0.5))
-            if not torch.equal(tensor.long(), relative_position_index(window)):
-                raise ValueError(f"{name} differs from the standard Swin relative position index")
-            continue
-        converted[name] = tensor
-    return converted

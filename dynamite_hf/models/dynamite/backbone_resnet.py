@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._config import BACKBONE_DEFAULTS, merge_backbone_config
+from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 _DEFAULTS = BACKBONE_DEFAULTS["resnet"]
@@ -120,13 +120,3 @@ def build(backbone_config: Mapping) -> DynamiteResNetBackbone:
     if config["norm"] != "frozen_bn":
         raise ValueError(f"resnet norm must be 'frozen_bn' (the released models), got {config['norm']!r}")
     return DynamiteResNetBackbone(config["depth"])
-
-
-def convert_original_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """detectron2 names are our names; anything else is refused."""
-    converted = {}
-    for name, tensor in state_dict.items():
-        if not (name.startswith("stem.") or name.split(".")[0] in ("res2", "res3", "res4", "res5")):
-            raise KeyError(name)
-        converted[name] = tensor
-    return converted
