@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     tune_cpu_allocator()
-    model, label = load_app_model(args.model)
+    model, processor, label = load_app_model(args.model)
     if args.int8:
         from dynamite_hf.inference.int8 import quantize_int8
 
         model, label = quantize_int8(model), f"{label} (int8)"
-    demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb))
+    demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb, processor))
     # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does: Gradio closes its server
     # and the interpreter exits normally, removing the app's export folder instead of leaving it behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .clicks import Click
 from .models.dynamite.configuration_dynamite import PRESETS, DynamiteConfig
 from .models.dynamite.image_processing_dynamite import DynamiteImageProcessor, load_image
 from .models.dynamite.modeling_dynamite import (
-    DynamiteImageFeatures,
+    DynamiteImageEmbeddings,
     DynamiteModel,
     DynamiteModelOutput,
     DynamitePreTrainedModel,
-    fuse_instances,
 )
+from .models.dynamite.processing_dynamite import DynamiteProcessor
 
-# Importing the package makes AutoConfig / AutoModel resolve model_type "dynamite". (register_for_auto_class,
-# which ships the code with the weights for trust_remote_code, cannot follow the backbones/ subpackage.)
+# Importing the package makes the Auto classes resolve model_type "dynamite".
 AutoConfig.register("dynamite", DynamiteConfig)
 AutoModel.register(DynamiteConfig, DynamiteModel)
 AutoImageProcessor.register(DynamiteConfig, slow_image_processor_class=DynamiteImageProcessor)
+AutoProcessor.register(DynamiteConfig, DynamiteProcessor)
 
 from .predictor import DynamitePredictor  # noqa: E402  (after the registrations it relies on)
 
@@ -27,13 +27,13 @@ __all__ = [
     "PRESETS",
     "Click",
     "DynamiteConfig",
-    "DynamiteImageFeatures",
+    "DynamiteImageEmbeddings",
     "DynamiteImageProcessor",
-    "DynamitePredictor",
-    "load_image",
     "DynamiteModel",
     "DynamiteModelOutput",
     "DynamitePreTrainedModel",
-    "fuse_instances",
+    "DynamitePredictor",
+    "DynamiteProcessor",
+    "load_image",
 ]
 __version__ = "0.1.0"

@@ -1,10 +1,14 @@
-"""The click: one type used by the model, the processor, the predictor, the evaluator, training and the app."""
+"""The click: one type used by the predictor, the evaluator, training and the app (the model takes tensors:
+`clicks_to_inputs`, or `DynamiteProcessor` for clicks on the original image)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 Frame = Literal["original", "model"]
 FRAMES: tuple[str, ...] = ("original", "model")
@@ -50,42 +54,6 @@ class Click:
         return replace(self, row=self.row * scale_row, col=self.col * scale_col, frame=frame)
 
 
-def check_clicks_inside(clicks: Sequence[Click], height: int, width: int, argument: str = "clicks") -> None:
-    """Raise `ValueError` naming `argument` if a click lies outside a `height x width` image."""
-    for index, click in enumerate(clicks):
-        if not (0 <= click.row < height and 0 <= click.col < width):
-            raise ValueError(
-                f"{argument}[{index}] at (row={click.row}, col={click.col}) lies outside the image of "
-                f"{height}x{width} pixels (rows 0..{height}, cols 0..{width}, {click.frame} frame)"
-            )
-
-
-def order_clicks(clicks: Sequence[Click], argument: str = "clicks") -> tuple[list[Click], list[int]]:
-    """Put clicks in query order and count them per instance.
-
-    Query order (the original's): instance 0's clicks, instance 1's clicks, ..., then the background clicks,
-    each group in the order given. Instances must be numbered 0..N-1 and each must have at least one click.
-
-    Returns:
-        The ordered clicks and `num_clicks_per_instance` (length N).
-    """
-    if len(clicks) == 0:
-        raise ValueError(f"{argument} is empty: at least one positive click is needed")
-    instances = sorted({c.instance for c in clicks if c.instance is not None})
-    if not instances:
-        raise ValueError(f"{argument} holds only background clicks: at least one positive click is needed")
-    missing = sorted(set(range(instances[-1] + 1)) - set(instances))
-    if missing:
-        raise ValueError(
-            f"{argument}: instance(s) {missing} have no clicks; instances must be numbered 0..N-1 with at "
-            f"least one click each (got instances {instances})"
-        )
-    ordered = [c for i in instances for c in clicks if c.instance == i]
-    ordered += [c for c in clicks if c.instance is None]
-    counts = [sum(1 for c in clicks if c.instance == i) for i in instances]
-    return ordered, counts
-
-
 def without_instance(clicks: Sequence[Click], instance: int) -> list[Click]:
     """`clicks` without `instance`'s clicks: instances above it move down by one (k -> k - 1), timestamps are
     renumbered 0..n-1 in click order."""
@@ -96,3 +64,22 @@ def without_instance(clicks: Sequence[Click], instance: int) -> list[Click]:
         )
         for t, c in enumerate(kept)
     ]
+
+
+def clicks_to_inputs(clicks: Sequence[Sequence[Click]]) -> dict[str, torch.Tensor]:
+    """Per image, clicks already in the model's frame (pixels of the resized image) -> the model's click arguments:
+    `input_points` `(batch, n, 2)` float64 `(x, y)`, `input_labels` `(batch, n)` (instance `k` -> label `k + 1`, a
+    background click 0, padding -10) and `input_timestamps` `(batch, n)`. (`DynamiteProcessor` does the same for
+    clicks in the original image's frame.)"""
+    import torch
+
+    length = max(len(image_clicks) for image_clicks in clicks)
+    points = torch.zeros(len(clicks), length, 2, dtype=torch.float64)
+    labels = torch.full((len(clicks), length), -10, dtype=torch.long)
+    timestamps = torch.zeros(len(clicks), length, dtype=torch.long)
+    for index, image_clicks in enumerate(clicks):
+        for position, click in enumerate(image_clicks):
+            points[index, position] = torch.tensor([click.col, click.row], dtype=torch.float64)
+            labels[index, position] = 0 if click.instance is None else click.instance + 1
+            timestamps[index, position] = click.timestamp
+    return {"input_points": points, "input_labels": labels, "input_timestamps": timestamps}

@@ -1,6 +1,6 @@
 """`DynamitePredictor`: the stateful session over the stateless model (one image, its clicks, undo).
 
-    predictor = DynamitePredictor(DynamiteModel.from_pretrained(path))
+    predictor = DynamitePredictor.from_pretrained("models/dynamite-mobilenet-v2")
     predictor.set_image("photo.jpg")          # backbone + pixel decoder, once
     predictor.add_click(120, 300)             # new instance 0 (row, col in the photo's pixels)
     predictor.add_click(400, 80, instance=1)  # new instance 1
@@ -16,20 +16,22 @@ always starts from clicks.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .clicks import Click, without_instance
+from .inference import BACKENDS, select_backend
 from .models.dynamite.image_processing_dynamite import DynamiteImageProcessor, ImageLike, load_image
-from .models.dynamite.modeling_dynamite import (
-    DynamiteImageFeatures,
-    DynamiteModel,
-    label_instances,
-)
-from .models.dynamite.refinement import GuidedFilter, half_radius, half_size, image_to_guide
+from .models.dynamite.modeling_dynamite import DynamiteImageEmbeddings, DynamiteModel
+from .models.dynamite.processing_dynamite import DynamiteProcessor
+from .models.dynamite.refinement import BoundaryRefiner
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,43 +40,81 @@ class _State:
     label_map: np.ndarray  # (H, W) int32, 0 = background, k + 1 = instance k
 
 
+def load_processor(path: str | os.PathLike) -> DynamiteProcessor:
+    """The processor saved in `path` (a folder or Hub id; `preprocessor_config.json`). A local folder without one
+    gets the original's test-time settings, with a warning that names the file."""
+    if Path(path).is_dir() and not (Path(path) / "preprocessor_config.json").is_file():
+        logger.warning(
+            "%s has no preprocessor_config.json: using the original's test-time settings (shortest edge 800, "
+            "longest 1333, no boundary refinement); save the processor beside the model to choose them",
+            path,
+        )
+        return DynamiteProcessor(DynamiteImageProcessor())
+    return DynamiteProcessor(DynamiteImageProcessor.from_pretrained(path))
+
+
+def default_processor(model) -> DynamiteProcessor:
+    """The processor saved beside `model` (its `name_or_path`, or an ONNX export's folder), else the original's
+    test-time settings."""
+    folder = getattr(model, "name_or_path", None) or getattr(model, "directory", None)
+    return load_processor(folder) if folder else DynamiteProcessor(DynamiteImageProcessor())
+
+
 class DynamitePredictor:
     """Interactive multi-instance segmentation of one image at a time.
 
     Args:
-        model: a `DynamiteModel` (put in eval mode here), or an `OnnxDynamiteModel` (`dynamite_hf.inference.onnx`).
-        processor: the matching `DynamiteImageProcessor` (default: built from the model's config).
-        refine_boundaries: snap the mask boundaries to the image's edges with the guided filter of the model's
-            config (`guided_filter_radius` etc., `dynamite_hf.refinement`). Default: on when the config's radius
-            is positive (the bundled CPU model), off otherwise (the released models, whose masks are then the
-            original's). `False` turns it off; `True` needs a positive radius in the config.
+        model: a `DynamiteModel`, or an `OnnxDynamiteModel` (`dynamite_hf.inference.onnx`).
+        processor: the matching `DynamiteProcessor` (or its `DynamiteImageProcessor`). Default: the one saved beside
+            the model (`preprocessor_config.json` in the folder it was loaded from), else the original's settings.
+        backend: how the model runs (`dynamite_hf.inference`): `"auto"` (the CPU click decoder for a float32 model on
+            the CPU, the model itself otherwise), `"eager"` (the model itself), `"cpu"` or `"onnx"`.
+        refine_boundaries: snap the mask boundaries to the image's edges with the processor's guided filter
+            (`guided_filter_radius`). Default: on when the processor's radius is positive (the bundled CPU model),
+            off otherwise (the released models, whose masks are then the original's). `True` needs a positive radius.
     """
 
     def __init__(
         self,
-        model: DynamiteModel,
-        processor: DynamiteImageProcessor | None = None,
+        model,
+        processor: DynamiteProcessor | DynamiteImageProcessor | None = None,
+        backend: str = "auto",
         refine_boundaries: bool | None = None,
     ) -> None:
-        radius = getattr(model.config, "guided_filter_radius", 0)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if processor is None:
+            processor = default_processor(model)
+        elif isinstance(processor, DynamiteImageProcessor):
+            processor = DynamiteProcessor(processor)
+        elif not isinstance(processor, DynamiteProcessor):
+            raise TypeError(f"processor must be a DynamiteProcessor or DynamiteImageProcessor, got {type(processor)}")
+        radius = processor.image_processor.guided_filter_radius
         if refine_boundaries not in (None, True, False):
             raise ValueError(f"refine_boundaries must be None, True or False, got {refine_boundaries!r}")
         if refine_boundaries and radius <= 0:
             raise ValueError(
-                "refine_boundaries=True needs a positive guided_filter_radius in the model's config, which has "
-                f"{radius!r} (set model.config.guided_filter_radius, e.g. 8)"
+                "refine_boundaries=True needs a positive guided_filter_radius in the image processor "
+                f"(preprocessor_config.json), which has {radius!r} (e.g. processor.image_processor."
+                "guided_filter_radius = 8)"
             )
-        self.model = model.eval()
-        self.processor = processor or DynamiteImageProcessor.from_config(model.config)
+        self.model = model
+        self.backend = select_backend(model, backend)
+        self.processor = processor
         self.refine_boundaries = radius > 0 if refine_boundaries is None else refine_boundaries
-        self._features: DynamiteImageFeatures | None = None
+        self._embeddings: DynamiteImageEmbeddings | None = None
         self._image: np.ndarray | None = None
-        self._image_size: tuple[int, int] | None = None
+        self._sizes: tuple[torch.Tensor, torch.Tensor] | None = None  # original and reshaped input sizes (1, 2)
+        self._refiner: BoundaryRefiner | None = None
         self._history: list[_State] = []
-        self._guided_filter: GuidedFilter | None = None  # of the current image, built on its first click
-        self._preview_filter: GuidedFilter | None = None  # the same at half the working size, for previews
-        self._working_guide: torch.Tensor | None = None  # the image at the working size, as the filters' guide
-        self._output_guide: tuple[tuple[int, int], torch.Tensor] | None = None  # the image at the last output size
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, backend: str = "auto", refine_boundaries: bool | None = None, **kwargs
+    ) -> DynamitePredictor:
+        """The model and processor saved in `path` (a folder or Hub id); `kwargs` go to `from_pretrained`."""
+        model = DynamiteModel.from_pretrained(path, **kwargs)
+        return cls(model, load_processor(path), backend=backend, refine_boundaries=refine_boundaries)
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: ImageLike) -> None:
@@ -84,16 +124,17 @@ class DynamitePredictor:
         is known to be good, the previous one's features are released before the new ones are computed, so two
         images' features never coexist (334 MB each for a paper preset at 800x1216).
         """
-        loaded = load_image(image, self.processor.max_image_pixels)
-        inputs = self.processor.preprocess(loaded)
-        device = self.model.device
-        self._features, self._image, self._image_size, self._history = None, None, None, []
-        self._guided_filter, self._preview_filter, self._working_guide, self._output_guide = None, None, None, None
+        image_processor = self.processor.image_processor
+        loaded = load_image(image, image_processor.max_image_pixels)
+        inputs = image_processor.preprocess(loaded)
+        self._embeddings, self._image, self._sizes, self._refiner, self._history = None, None, None, None, []
         with torch.inference_mode():
-            features = self.model.get_image_features(inputs["pixel_values"].to(device))
+            embeddings = self.backend.get_image_embeddings(inputs["pixel_values"].to(self.backend.device))
         self._image = loaded
-        self._image_size = tuple(inputs["image_sizes"][0].tolist())
-        self._features = features
+        self._sizes = (inputs["original_sizes"], inputs["reshaped_input_sizes"])
+        self._embeddings = embeddings
+        if self.refine_boundaries:
+            self._refiner = image_processor.boundary_refiner(loaded, tuple(inputs["reshaped_input_sizes"][0].tolist()))
         self._history = [_State((), np.zeros(loaded.shape[:2], dtype=np.int32))]
 
     @property
@@ -103,22 +144,19 @@ class DynamitePredictor:
         return self._image
 
     @property
-    def image_features(self) -> DynamiteImageFeatures:
+    def image_embeddings(self) -> DynamiteImageEmbeddings:
+        """The current image's features, as the backend computed them."""
         self._require_image()
-        return self._features
+        return self._embeddings
 
     def nbytes(self) -> int:
         """Bytes this predictor holds: the image, its cached features, the label maps of the undo history and the
-        guided filter's per-image tensors."""
-        if self._features is None:
+        boundary refinement's per-image tensors."""
+        if self._embeddings is None:
             return 0
         history = sum(state.label_map.nbytes for state in self._history)
-        tensors = [self._working_guide, self._output_guide[1] if self._output_guide is not None else None]
-        for guided_filter in (self._guided_filter, self._preview_filter):
-            if guided_filter is not None:
-                tensors += [guided_filter.guide, guided_filter.mean, guided_filter.inverse]
-        refinement = sum(t.nbytes for t in {id(t): t for t in tensors if t is not None}.values())
-        return self._image.nbytes + self._features.nbytes() + history + refinement
+        refinement = self._refiner.nbytes() if self._refiner is not None else 0
+        return self._image.nbytes + self._embeddings.nbytes() + history + refinement
 
     # -- clicks -------------------------------------------------------------------------------------------
     @property
@@ -159,44 +197,14 @@ class DynamitePredictor:
 
     def label_map_of(self, clicks: list[Click], output_size: tuple[int, int] | None = None) -> np.ndarray:
         """The label map `clicks` give (as `set_clicks` would), at `output_size` `(height, width)` (default: the
-        image's size), leaving the session's clicks and undo history as they are.
-
-        The app asks for the image's size (the masks it exports) only on export, and draws with
-        `preview_label_map`. Returns `(H, W)` int32.
-        """
+        image's size), leaving the session's clicks and undo history as they are. Returns `(H, W)` int32."""
         return self._predict(self._checked_clicks(clicks), output_size)
 
     def preview_label_map(self, clicks: list[Click], output_size: tuple[int, int]) -> np.ndarray:
         """A label map of `clicks` at `output_size` for drawing, about twice as fast as `label_map_of` at display
-        size: the queries are grouped into each instance's and the background's logits at the model's working
-        size, and only those `num_instances + 1` maps are resized (not one per query). It differs from
-        `label_map_of` at a few boundary pixels per million; export with `label_map_of`. Returns `(H, W)` int32.
-        """
-        clicks = self._checked_clicks(clicks)
-        if not any(c.instance is not None for c in clicks):
-            return np.zeros(output_size, dtype=np.int32)
-        if self.refine_boundaries:
-            return self._refined_label_map(clicks, tuple(output_size), preview=True)
-        with torch.inference_mode():
-            scores, num_instances = self._grouped_logits(clicks)
-            resized = F.interpolate(scores[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
-            # One map per instance, the last (if any) the background's: the usual fusion rule.
-            background = resized[num_instances] if resized.shape[0] > num_instances else None
-            label_map = label_instances(resized[:num_instances], background, dtype=torch.int32)
-        return label_map.cpu().numpy()
-
-    def _grouped_logits(self, clicks: list[Click], half: bool = False) -> tuple[torch.Tensor, int]:
-        """Each instance's logits, then the background's (if any query is background), at the working size
-        (or at `half_size` of it with `half`): `(num_instances [+ 1], h, w)`, and `num_instances`. Call under
-        `torch.inference_mode()`."""
-        model_clicks = self.processor.clicks_to_model_frame(clicks, self._image.shape[:2], self._image_size)
-        features = self._features
-        query_logits, _, counts = self.model.query_logits(features, [model_clicks], [self._image_size])
-        padded_size, image_size = features.padded_size, self._image_size
-        if half:  # upsampled 2x (not 4x) from stride 4 and cropped at half the working size: a quarter of the pixels
-            padded_size, image_size = half_size(padded_size), half_size(image_size)
-        grouped = self.model.grouped_output_logits(query_logits[0], counts[0], padded_size, image_size, image_size)
-        return grouped, len(counts[0])
+        size (`post_process_masks(..., preview=True)`: the queries fused per instance before the resize). It differs
+        from `label_map_of` at a few boundary pixels; export with `label_map_of`. Returns `(H, W)` int32."""
+        return self._predict(self._checked_clicks(clicks), output_size, preview=True)
 
     def undo(self, steps: int = 1) -> np.ndarray:
         """Go back `steps` clicks (or removals), to exactly the earlier masks."""
@@ -241,7 +249,7 @@ class DynamitePredictor:
         return self._history[-1]
 
     def _require_image(self) -> None:
-        if self._features is None:
+        if self._embeddings is None:
             raise RuntimeError("No image: call set_image(image) before clicking")
 
     def _checked_clicks(self, clicks: list[Click]) -> list[Click]:
@@ -264,73 +272,37 @@ class DynamitePredictor:
         self._history.append(_State(tuple(clicks), self._predict(clicks)))
         return self.masks
 
-    def _predict(self, clicks: list[Click], output_size: tuple[int, int] | None = None) -> np.ndarray:
-        original_size = self._image.shape[:2]
-        output_size = original_size if output_size is None else tuple(output_size)
+    def _predict(
+        self, clicks: list[Click], output_size: tuple[int, int] | None = None, preview: bool = False
+    ) -> np.ndarray:
+        """The label map `(H, W)` int32 of checked clicks at `output_size` (default: the image's size)."""
+        original_sizes, reshaped_input_sizes = self._sizes
+        output_size = tuple(self._image.shape[:2]) if output_size is None else tuple(output_size)
         if not any(c.instance is not None for c in clicks):
             return np.zeros(output_size, dtype=np.int32)
-        if self.refine_boundaries:
-            return self._refined_label_map(clicks, output_size)
-        model_clicks = self.processor.clicks_to_model_frame(clicks, original_size, self._image_size)
+        inputs = self.processor(
+            input_points=[[[c.col, c.row] for c in clicks]],
+            input_labels=[[0 if c.instance is None else c.instance + 1 for c in clicks]],
+            input_timestamps=[[c.timestamp for c in clicks]],
+            original_sizes=original_sizes,
+            reshaped_input_sizes=reshaped_input_sizes,
+        )
         with torch.inference_mode():
-            output = self.model(
-                image_features=self._features,
-                clicks=[model_clicks],
-                image_sizes=[self._image_size],
+            outputs = self.backend(
+                image_embeddings=self._embeddings,
+                input_points=inputs["input_points"],
+                input_labels=inputs["input_labels"],
+                input_timestamps=inputs["input_timestamps"],
+                reshaped_input_sizes=reshaped_input_sizes,
+            )
+            result = self.processor.post_process_masks(
+                outputs.pred_masks,
+                outputs.query_labels,
+                original_sizes,
+                reshaped_input_sizes,
                 output_sizes=[output_size],
-            )
-        return output.label_maps[0].cpu().numpy().astype(np.int32)
-
-    def _refined_label_map(
-        self, clicks: list[Click], output_size: tuple[int, int], preview: bool = False
-    ) -> np.ndarray:
-        """The label map at `output_size` with the guided filter: the softmax over `[instances..., background]`
-        of the grouped logits at the working size, each instance's probability filtered with the image as the
-        guide (the background's is 1 minus their sum: the filter keeps sums), then the largest (ties to the
-        lower instance, an instance before the background).
-
-        The filter's coefficients are applied to the image at `output_size`. A `preview` takes the probabilities
-        at half the working size (the stride-4 logits upsampled 2x, not 4x: a quarter of the pixels to resize
-        and group), fits the filter there (half the radius) and applies it to the image at the working size, then
-        resizes the filtered probabilities: He and Sun's "fast guided filter" one step further. On the app's
-        benchmark clicks (up to six instances over a 1200x1600 photo) the half-size logits made a preview 1.37x
-        faster; its boundaries differ from the exact path's by about a pixel of the working size."""
-        config = self.model.config
-        with torch.inference_mode():
-            scores, num_instances = self._grouped_logits(clicks, half=preview)
-            probabilities = torch.softmax(scores.float() / config.guided_filter_temperature, dim=0)[:num_instances]
-            if preview:
-                refined = self._half_size_filter()(probabilities, self._guide_working_size())
-            else:
-                if self._guided_filter is None:
-                    self._guided_filter = GuidedFilter(
-                        self._guide_working_size(), config.guided_filter_radius, config.guided_filter_eps
-                    )
-                refined = self._guided_filter(probabilities, self._guide_at(output_size))
-            if refined.shape[1:] != tuple(output_size):
-                refined = F.interpolate(refined[None], size=tuple(output_size), mode="bilinear", align_corners=False)[0]
-            # The background's probability is 1 minus the instances' (resizing is linear, so resized or not is
-            # the same up to rounding); then the fusion rule over one map per instance and the background's.
-            label_map = label_instances(refined, 1.0 - refined.sum(0), dtype=torch.int32)
-        return label_map.numpy()
-
-    def _guide_working_size(self) -> torch.Tensor:
-        if self._working_guide is None:
-            self._working_guide = image_to_guide(self._image, self._image_size)
-        return self._working_guide
-
-    def _half_size_filter(self) -> GuidedFilter:
-        """The previews' guided filter: at half the working size, with half the radius (at least 1)."""
-        if self._preview_filter is None:
-            config = self.model.config
-            guide = image_to_guide(self._image, half_size(self._image_size))
-            self._preview_filter = GuidedFilter(
-                guide, half_radius(config.guided_filter_radius), config.guided_filter_eps
-            )
-        return self._preview_filter
-
-    def _guide_at(self, output_size: tuple[int, int]) -> torch.Tensor:
-        """The image at `output_size` as the guided filter's guide, kept for the next click at the same size."""
-        if self._output_guide is None or self._output_guide[0] != output_size:
-            self._output_guide = (output_size, image_to_guide(self._image, output_size))
-        return self._output_guide[1]
+                refine_boundaries=self.refine_boundaries,
+                refiners=[self._refiner] if self._refiner is not None else None,
+                preview=preview,
+            )[0]
+        return result["label_map"].to(torch.int32).cpu().numpy()

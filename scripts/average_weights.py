@@ -5,8 +5,8 @@
 
 Models fine-tuned from a common ancestor usually lie in one basin of the loss, and a weighted average of their
 weights often keeps the strengths of each. Every float tensor is averaged; integer buffers are taken from the
-first model. The output is a `save_pretrained` folder with the first model's config (including its inference
-settings, such as the guided filter) and processor.
+first model. The output is a `save_pretrained` folder with the first model's config and processor (including its
+inference settings, such as the guided filter).
 """
 
 from __future__ import annotations

@@ -4,15 +4,17 @@
     python scripts/benchmark.py                          # all presets at 800x1200, 2 threads
     python scripts/benchmark.py --presets mobilenet_v2 --size 512x768
     python scripts/benchmark.py --models models/dynamite-mobilenet-v2 --size 448x672   # a saved model folder
+    python scripts/benchmark.py --presets resnet50 --backend eager   # the plain model instead of the CPU decoder
 
-Per preset: the median time of the per-image stage (backbone + pixel decoder + click-independent projections)
-and of one click (interactive transformer + post-processing to the full input resolution) with 2, 5 and 10
+Per preset: the median time of the per-image stage (backbone + pixel decoder, plus what the CPU click decoder
+caches per image) and of one click (interactive transformer + post-processing to the full input resolution) with
+2, 5 and 10
 instances (one click each, plus one background click), and the peak resident memory of those stages: up to the
 5-instance clicks (what the original's own driver measured: one image, clicks of 2 and 5 instances) and up to
 the 10-instance ones. Each preset runs in its own process so that its peak memory is its own.
 
 A second table puts the times against this machine's fp32 GEMM rate on the decoder FFN's own shapes: the
-decoder runs over blocks of `decoder_block_rows` stride-4 pixels, so the probe multiplies such blocks by
+CPU click decoder runs over blocks of `block_rows` stride-4 pixels, so the probe multiplies such blocks by
 hidden_dim x decoder_ffn_dim and back, over every stride-4 pixel. It runs once before the stages, once after,
 and once after every timed run; each stage is set against the median of the probes beside its own runs, so
 that a machine whose speed drifts during the run (shared machines do) moves both figures alike. Each stage's
@@ -122,34 +124,41 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False) -> dict:
-    """Time `preset` (a preset name, random weights; or a saved model folder, its own config and weights)."""
+def measure(
+    preset: str, height: int, width: int, repeats: int, threads: int, int8: bool = False, backend: str = "auto"
+) -> dict:
+    """Time `preset` (a preset name, random weights; or a saved model folder, its own config and weights) on
+    `backend` (`dynamite_hf.inference`)."""
     import torch
 
-    from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteModel
+    from dynamite_hf import PRESETS, Click, DynamiteConfig, DynamiteImageProcessor, DynamiteModel
+    from dynamite_hf.clicks import clicks_to_inputs
+    from dynamite_hf.inference import select_backend
     from dynamite_hf.inference.runtime import tune_cpu_allocator
+    from dynamite_hf.predictor import load_processor
 
     tune_cpu_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     if preset in PRESETS:
         model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
+        processor = DynamiteImageProcessor.from_preset(preset)
     else:
         model = DynamiteModel.from_pretrained(preset).eval()
+        processor = load_processor(preset).image_processor
     if int8:
         from dynamite_hf.inference.int8 import quantize_int8
 
         quantize_int8(model)
-    divisor = model.config.size_divisibility
+    runner = select_backend(model, backend)
+    divisor = processor.size_divisor
     padded = (-(-height // divisor) * divisor, -(-width // divisor) * divisor)
     pixel_values = torch.randn(1, 3, *padded)
+    sizes = [(height, width)]
 
     config = model.config
     probe = GemmProbe(
-        padded[0] // 4 * padded[1] // 4,
-        config.hidden_dim,
-        config.decoder_ffn_dim,
-        model.interactive_transformer.decoder_block_rows,
+        padded[0] // 4 * padded[1] // 4, config.hidden_dim, config.decoder_ffn_dim, getattr(runner, "block_rows", 4096)
     )
     beside = {}  # stage -> the GEMM rates probed after each of its timed runs
 
@@ -167,17 +176,22 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
     with torch.inference_mode():
         gemm_before = probe.rate()
         reset_peak_memory()  # the peak below is the stages'
-        model.get_image_features(pixel_values)  # warm-up
-        image_seconds, features = timed(lambda: model.get_image_features(pixel_values), repeats, "image")
+        runner.get_image_embeddings(pixel_values)  # warm-up
+        image_seconds, features = timed(lambda: runner.get_image_embeddings(pixel_values), repeats, "image")
         runs, click_seconds = {}, {}
         for instances in (2, 5, 10):
             clicks = [
                 Click(k, (k + 0.5) * height / instances, (k + 0.5) * width / instances, k, "model")
                 for k in range(instances)
             ] + [Click(None, 5.0, 5.0, instances, "model")]
+            clicks = clicks_to_inputs([clicks])
 
             def run(clicks=clicks):
-                return model(image_features=features, clicks=[clicks], image_sizes=[(height, width)]).label_maps[0]
+                output = runner(image_embeddings=features, **clicks)
+                result = processor.post_process_masks(
+                    output.pred_masks, output.query_labels, sizes, sizes, refine_boundaries=False
+                )
+                return result[0]["label_map"]
 
             run()  # warm-up
             click_seconds[instances], _ = timed(run, repeats, f"click_{instances}")
@@ -185,12 +199,12 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
             if instances == 5:  # the original's own driver measured one image and clicks of 2 and 5 instances
                 peak_5_mb = peak_memory_mb()
         peak_mb = peak_memory_mb()
-        refine_image_s, refine_click_s, refine_preview_s = measure_refinement(config, height, width, repeats, timed)
-        flops = {"image": counted_flops(lambda: model.get_image_features(pixel_values))}
+        refine_image_s, refine_click_s, refine_preview_s = measure_refinement(processor, height, width, repeats, timed)
+        flops = {"image": counted_flops(lambda: runner.get_image_embeddings(pixel_values))}
         flops.update({stage: counted_flops(run) for stage, run in runs.items()})
         gemm_after = probe.rate()
     return {
-        "preset": preset + (" (int8)" if int8 else ""),
+        "preset": preset + (" (int8)" if int8 else "") + (f" [{backend}]" if backend != "auto" else ""),
         "size": f"{height}x{width}",
         "image_s": image_seconds,
         "click_s": click_seconds,
@@ -208,23 +222,24 @@ def measure(preset: str, height: int, width: int, repeats: int, threads: int, in
 
 
 def measure_refinement(
-    config, height: int, width: int, repeats: int, timed
+    processor, height: int, width: int, repeats: int, timed
 ) -> tuple[float, dict[int, float], dict[int, float]]:
-    """Seconds of the predictor's boundary refinement (`dynamite_hf.models.dynamite.refinement`, on where the config's
+    """Seconds of the boundary refinement (`dynamite_hf.models.dynamite.refinement`, on where the processor's
     `guided_filter_radius` is positive, as in the bundled model; its radius 8 otherwise) at `height x width`:
     building the image's filter (once per image, on its first click) and, per click of 2 / 5 / 10 instances,
     filtering the instance probabilities and fusing them (the output at the same size); and the same per click
-    for the app's preview (`DynamitePredictor.preview_label_map`: probabilities at half the size, the filter
+    for the app's preview (`post_process_masks(..., preview=True)`: probabilities at half the size, the filter
     fitted there and applied at the full size)."""
     import torch
 
-    from dynamite_hf.models.dynamite.modeling_dynamite import label_instances
+    from dynamite_hf.models.dynamite.image_processing_dynamite import label_instances
     from dynamite_hf.models.dynamite.refinement import GuidedFilter, half_radius, halve
 
-    radius = config.guided_filter_radius or 8
+    radius = processor.guided_filter_radius or 8
+    eps = processor.guided_filter_eps
     guide = torch.rand(3, height, width)
-    image_s, guided = timed(lambda: GuidedFilter(guide, radius, config.guided_filter_eps), repeats)
-    preview_filter = GuidedFilter(halve(guide), half_radius(radius), config.guided_filter_eps)
+    image_s, guided = timed(lambda: GuidedFilter(guide, radius, eps), repeats)
+    preview_filter = GuidedFilter(halve(guide), half_radius(radius), eps)
     click_s, preview_s = {}, {}
     rows = torch.arange(height, dtype=torch.float32)[:, None]
     cols = torch.arange(width, dtype=torch.float32)
@@ -242,7 +257,7 @@ def measure_refinement(
             ]
             + [torch.zeros(height, width)]
         )
-        probabilities = (logits / config.guided_filter_temperature).softmax(0)
+        probabilities = (logits / processor.guided_filter_temperature).softmax(0)
 
         # The preview's probabilities come from the model at half the size (logits upsampled 2x, not 4x).
         half_probabilities = halve(probabilities[:instances])
@@ -287,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--int8", action="store_true", help="with the opt-in int8 FFN layers (dynamite_hf.inference.int8)"
     )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "eager", "cpu"],
+        help="how the model runs (dynamite_hf.inference; default auto: the CPU click decoder on a CPU)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -301,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     height, width = (int(v) for v in args.size.lower().split("x"))
 
     if args.child:
-        print(json.dumps(measure(targets[0], height, width, args.repeats, args.threads, args.int8)))
+        print(json.dumps(measure(targets[0], height, width, args.repeats, args.threads, args.int8, args.backend)))
         return
 
     results = []
@@ -314,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, __file__, "--child", "--presets" if preset in PRESETS else "--models", preset]
         command += ["--size", args.size]
         command += ["--repeats", str(args.repeats), "--threads", str(args.threads)] + ["--int8"] * args.int8
+        command += ["--backend", args.backend]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             print(f"| {preset} | failed: {completed.stderr.strip().splitlines()[-1]} |")

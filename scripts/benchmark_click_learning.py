@@ -45,12 +45,15 @@ from dynamite_hf.evaluation.protocols import ModelSegmenter
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(model: DynamiteModel, samples, short_edge: int | None = None) -> dict:
-    processor = DynamiteImageProcessor.from_config(
-        model.config,
-        short_edge=short_edge or model.config.test_short_edge,
-        max_size=max(short_edge or 0, model.config.test_max_size),
-    )
+def measure(folder: Path | str, samples, short_edge: int | None = None) -> dict:
+    """The click-following figures of the model saved in `folder` (resized to `short_edge` if given)."""
+    model = DynamiteModel.from_pretrained(folder)
+    processor = DynamiteImageProcessor.from_pretrained(folder)
+    if short_edge:
+        processor.size = {
+            "shortest_edge": short_edge,
+            "longest_edge": max(short_edge, processor.size["longest_edge"]),
+        }
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
     separation = separation_metrics(evaluate_instance_separation(segmenter, samples, progress=False))
     single = single_click_metrics(evaluate_single_click_choice(segmenter, samples, progress=False))
@@ -162,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
             "train_images": args.train_images,
             "samples_seen": args.steps * args.batch_size,
             "train_seconds": round(time.perf_counter() - started, 1),
-            **measure(DynamiteModel.from_pretrained(model_dir), samples, args.test_short_edge),
+            **measure(model_dir, samples, args.test_short_edge),
         }
     for folder in args.compare:
-        report[folder] = measure(DynamiteModel.from_pretrained(folder), samples, args.test_short_edge)
+        report[folder] = measure(folder, samples, args.test_short_edge)
     (output / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

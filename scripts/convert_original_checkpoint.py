@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from dynamite_hf import PRESETS, DynamiteConfig, DynamiteModel
+from dynamite_hf import PRESETS, DynamiteConfig, DynamiteImageProcessor, DynamiteModel
 from dynamite_hf.conversion import infer_preset, load_original_state_dict, read_original_checkpoint
 
 
@@ -29,12 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     model = DynamiteModel(DynamiteConfig.from_preset(preset)).eval()
     load_original_state_dict(model, state_dict)
     model.save_pretrained(args.output)
-    try:
-        from dynamite_hf.models.dynamite.image_processing_dynamite import DynamiteImageProcessor
-    except ImportError:  # the processor is optional for the conversion itself
-        DynamiteImageProcessor = None
-    if DynamiteImageProcessor is not None:
-        DynamiteImageProcessor.from_config(model.config).save_pretrained(args.output)
+    DynamiteImageProcessor.from_preset(preset).save_pretrained(args.output)
     print(f"converted {args.checkpoint} ({preset}, {len(state_dict)} tensors) -> {args.output}")
     if args.push_to_hub:
         model.push_to_hub(args.push_to_hub)

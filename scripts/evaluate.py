@@ -57,7 +57,9 @@ from dynamite_hf.evaluation.report import (
     single_instance_table,
 )
 from dynamite_hf.inference.runtime import tune_cpu_allocator
+from dynamite_hf.predictor import load_processor
 from dynamite_hf.sharding import current_processes, run_sharded
+from dynamite_hf.training.imagenet import load_imagenet_backbone
 
 # The strategies that draw from one random stream over the whole run (see the module docstring).
 SHARED_STREAM_STRATEGIES = ("random", "round_robin")
@@ -139,23 +141,27 @@ def main(argv: list[str] | None = None) -> None:
     tune_cpu_allocator()
     if args.model:
         model = DynamiteModel.from_pretrained(args.model)
+        processor = load_processor(args.model).image_processor
     else:
-        extra = {"use_imagenet_backbone": True} if args.preset == "mobilenet_v2" else {}
-        model = DynamiteModel(DynamiteConfig.from_preset(args.preset, **extra))
+        model = DynamiteModel(DynamiteConfig.from_preset(args.preset))
+        if args.preset == "mobilenet_v2":
+            load_imagenet_backbone(model)
+        processor = DynamiteImageProcessor.from_preset(args.preset)
     model.to(processes.device)
     if args.guided_filter_radius is not None:
         if args.guided_filter_radius < 0:
             parser.error(f"--guided-filter-radius must be >= 0 (0: off), got {args.guided_filter_radius}")
-        model.config.guided_filter_radius = args.guided_filter_radius
+        processor.guided_filter_radius = args.guided_filter_radius
+    if args.short_edge or args.max_size:
+        size = processor.size
+        processor.size = {
+            "shortest_edge": args.short_edge or size["shortest_edge"],
+            "longest_edge": args.max_size or size["longest_edge"],
+        }
     if args.int8:
         from dynamite_hf.inference.int8 import quantize_int8
 
         quantize_int8(model)
-    processor = DynamiteImageProcessor.from_config(
-        model.config,
-        short_edge=args.short_edge or model.config.test_short_edge,
-        max_size=args.max_size or model.config.test_max_size,
-    )
     segmenter = ModelSegmenter(DynamitePredictor(model, processor))
     # Read lazily: a process keeps only its share of the samples (`run_sharded`).
     samples = (s for s in iter_dataset(args.dataset, args.data_root, args.mode) if s.num_objects >= args.min_objects)
@@ -221,11 +227,11 @@ def main(argv: list[str] | None = None) -> None:
         {
             "model": args.model or f"preset:{args.preset}",
             "report": args.report,
-            "resize": {"short_edge": processor.short_edge, "max_size": processor.max_size},
+            "resize": dict(processor.size),
             "guided_filter": {
-                "radius": model.config.guided_filter_radius,
-                "eps": model.config.guided_filter_eps,
-                "temperature": model.config.guided_filter_temperature,
+                "radius": processor.guided_filter_radius,
+                "eps": processor.guided_filter_eps,
+                "temperature": processor.guided_filter_temperature,
             },
             **details,
         },

@@ -5,7 +5,8 @@
         --output runs/grown
 
 New encoder layers go after the existing ones (they go on visiting the three levels round-robin), new decoder
-layers after the existing decoder layer(s). Every new layer is freshly initialised except the last projection of
+layers after the existing decoder layer(s). The model is loaded with the larger layer counts, so `from_pretrained`
+initialises the new layers as a new model's (the original's scheme), except the last projection of
 each residual branch (the attention output projections and the FFN's second linear), which is zero: a new layer
 then only re-normalises its input (its LayerNorms start at weight 1 and bias 0), and the grown model's masks are
 close to the model's own (the script prints the largest change of the mask logits on a random image). Fine-tuning
@@ -16,7 +17,6 @@ initialised at zero are trained in ResNets and ReZero.
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import torch
@@ -31,11 +31,12 @@ def zero_residual_branches(layer: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def grow(model, encoder_layers: int, decoder_layers: int, seed: int = 0):
-    """A new model with the given layer counts: `model`'s weights, and new layers with zero residual branches."""
-    from dynamite_hf import DynamiteModel
+def grow(path: str | Path, encoder_layers: int, decoder_layers: int, seed: int = 0):
+    """The model saved in `path` with the given layer counts: its weights, and new layers initialised by the model's
+    `_init_weights` (`from_pretrained` fills the weights the checkpoint lacks) with zero residual branches."""
+    from dynamite_hf import DynamiteConfig, DynamiteModel
 
-    config = model.config
+    config = DynamiteConfig.from_pretrained(path)
     if encoder_layers < config.encoder_layers or decoder_layers < config.decoder_layers:
         raise ValueError(
             f"grow() adds layers: encoder_layers / decoder_layers must be at least the model's "
@@ -45,14 +46,8 @@ def grow(model, encoder_layers: int, decoder_layers: int, seed: int = 0):
         # The first decoder layer's inputs are the cached mask features; a zero branch would still change the
         # final prediction's features (two LayerNorms), so the function would not be kept.
         raise ValueError("grow() cannot add a decoder to a model without one (decoder_layers 0)")
-    grown_config = copy.deepcopy(config)
-    grown_config.encoder_layers, grown_config.decoder_layers = encoder_layers, decoder_layers
     torch.manual_seed(seed)
-    grown = DynamiteModel(grown_config)
-    # Same class and config but for the layer counts: only the new layers' keys are missing.
-    _, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    if unexpected:
-        raise ValueError(f"grow(): keys of the model with no place in the grown one: {unexpected[:3]}")
+    grown = DynamiteModel.from_pretrained(path, encoder_layers=encoder_layers, decoder_layers=decoder_layers)
     transformer = grown.interactive_transformer
     for layer in [
         *transformer.encoder_layers[config.encoder_layers :],
@@ -64,6 +59,7 @@ def grow(model, encoder_layers: int, decoder_layers: int, seed: int = 0):
 
 def main(argv: list[str] | None = None) -> None:
     from dynamite_hf import Click, DynamiteImageProcessor, DynamiteModel
+    from dynamite_hf.clicks import clicks_to_inputs
     from dynamite_hf.training.trainer import weights_digest
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,16 +74,14 @@ def main(argv: list[str] | None = None) -> None:
 
     model = DynamiteModel.from_pretrained(args.model).eval()
     try:
-        grown = grow(model, args.encoder_layers, args.decoder_layers, args.seed)
+        grown = grow(args.model, args.encoder_layers, args.decoder_layers, args.seed)
     except ValueError as error:
         parser.error(str(error))
     torch.manual_seed(0)
     pixel_values = torch.randn(1, 3, 256, 320)
-    clicks = [[Click(0, 100.0, 120.0, 0, "model"), Click(1, 180.0, 250.0, 1, "model")]]
+    clicks = clicks_to_inputs([[Click(0, 100.0, 120.0, 0, "model"), Click(1, 180.0, 250.0, 1, "model")]])
     with torch.inference_mode():
-        before, after = (
-            m(pixel_values=pixel_values, clicks=clicks, image_sizes=[(256, 320)]).pred_masks for m in (model, grown)
-        )
+        before, after = (m(pixel_values=pixel_values, **clicks).pred_masks for m in (model, grown))
     change = (after - before).abs().max().item() / before.abs().max().item()
     grown.save_pretrained(args.output)
     DynamiteImageProcessor.from_pretrained(args.model).save_pretrained(args.output)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from test_modeling import tiny_model
+from tiny import tiny_model
+
+from dynamite_hf import DynamiteImageProcessor
 
 
 @pytest.fixture
@@ -21,4 +23,5 @@ def folder_dataset(tmp_path):
         ids[5:20, 5:30], ids[25:45, 30:60] = 1, 2
         Image.fromarray(ids).save(tmp_path / "data" / "masks" / f"{name}.png")
     tiny_model().save_pretrained(tmp_path / "model")
+    DynamiteImageProcessor.from_preset("mobilenet_v2").save_pretrained(tmp_path / "model")
     return tmp_path

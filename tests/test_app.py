@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from app_server import app_process, running_app
 from PIL import Image
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 import dynamite_hf.app.gradio_app
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
@@ -252,7 +252,7 @@ def test_predictor_cache_is_bounded_by_bytes_and_keeps_the_session_it_serves(tmp
     app = DynamiteApp(model, "tiny", max_sessions=8)
     state, _ = app.load(SessionState(), write_image(tmp_path, 0), "probe")
     one_session = app.cache.nbytes()
-    features = app.cache._sessions["probe"].predictor.image_features
+    features = app.cache._sessions["probe"].predictor.image_embeddings
     assert one_session > features.nbytes() > features.mask_features.nbytes  # image, features, label maps
 
     cache = PredictorCache(model, app.processor, max_sessions=8, max_bytes=int(2.5 * one_session))

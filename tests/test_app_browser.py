@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from app_server import running_app
 from PIL import Image
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 from dynamite_hf import DynamitePredictor
 from dynamite_hf.batch import main, read_jobs

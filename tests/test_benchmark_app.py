@@ -12,7 +12,7 @@ import pytest
 from app_server import running_app
 from test_app import LOOK, write_image
 from test_app_browser import CHROMIUM
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import benchmark_app  # noqa: E402

@@ -81,7 +81,7 @@ def test_flop_count_includes_the_fused_attention() -> None:
 def test_benchmark_times_a_saved_model_folder_with_its_own_weights(tmp_path) -> None:
     """`--models FOLDER` times a saved model (its own config, e.g. a grown layer count, and weights); a folder
     without a config is refused by name before anything runs."""
-    from test_modeling import tiny_model
+    from tiny import tiny_model
 
     folder = tmp_path / "grown"
     model = tiny_model(encoder_layers=4, decoder_layers=2)

@@ -36,9 +36,12 @@ def test_the_app_loads_the_bundled_model_by_default(monkeypatch) -> None:
     from dynamite_hf.app.gradio_app import load_app_model
 
     monkeypatch.delenv("DYNAMITE_MODEL", raising=False)
-    model, label = load_app_model(None)
+    model, processor, label = load_app_model(None)
     assert label == "bundled dynamite-mobilenet-v2"
     assert isinstance(model, DynamiteModel)
+    # Its preprocessing and boundary refinement come from the folder's preprocessor_config.json.
+    assert processor.image_processor.size == {"shortest_edge": 448, "longest_edge": 747}
+    assert processor.image_processor.guided_filter_radius == 8
 
 
 @pytest.mark.skipif(not (DATA / "GrabCut").is_dir(), reason="../shared/data/GrabCut is not present")
@@ -107,7 +110,7 @@ def test_the_bundled_model_snaps_mask_boundaries_to_the_photo(bundled_segmenter)
     against 0.897); a refinement that does nothing fails. Over all 345 frames it lowers DAVIS NoC@90 (see the model
     card)."""
     predictor = bundled_segmenter.predictor
-    assert predictor.refine_boundaries and predictor.model.config.guided_filter_radius > 0
+    assert predictor.refine_boundaries and predictor.processor.image_processor.guided_filter_radius > 0
     plain = DynamitePredictor(predictor.model, predictor.processor, refine_boundaries=False)
     refined_ious, plain_ious = [], []
     for sample in read_dataset("davis", DATA / "DAVIS")[:8]:

@@ -10,6 +10,7 @@ from reference import CONFIGS, inputs, original_state_dict, outputs, reference_c
 from script_module import load_script
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel
+from dynamite_hf.clicks import clicks_to_inputs
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_original_checkpoint.py"
 
@@ -33,7 +34,9 @@ def test_released_checkpoint_converts_and_reproduces_the_reference(tmp_path) -> 
     assert model.config.backbone_type == "mit"  # inferred from the keys
     assert isinstance(DynamiteImageProcessor.from_pretrained(tmp_path / "converted"), DynamiteImageProcessor)
     with torch.inference_mode():
-        output = model(pixel_values=inputs()["img0.normalized_padded"], clicks=[reference_clicks("img0", "A")])
+        output = model(
+            pixel_values=inputs()["img0.normalized_padded"], **clicks_to_inputs([reference_clicks("img0", "A")])
+        )
     expected = outputs(CONFIGS["mit_b0"])["img0.A.pred_masks"]
     torch.testing.assert_close(output.pred_masks, expected, rtol=1e-4, atol=5e-4)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from script_module import load_script
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
 
@@ -36,16 +36,17 @@ def test_evaluate_writes_table_json_and_plot(folder_dataset, mode, key, capsys) 
 
 
 def test_evaluate_resize_options_reach_the_model(folder_dataset, monkeypatch) -> None:
-    from dynamite_hf import DynamiteModel
+    from dynamite_hf import DynamiteImageProcessor
 
     seen = []
-    original = DynamiteModel.get_image_features
+    original = DynamiteImageProcessor.preprocess
 
-    def recording(self, pixel_values):
-        seen.append(tuple(pixel_values.shape[-2:]))
-        return original(self, pixel_values)
+    def recording(self, *args, **kwargs):
+        inputs = original(self, *args, **kwargs)
+        seen.append(tuple(inputs["pixel_values"].shape[-2:]))
+        return inputs
 
-    monkeypatch.setattr(DynamiteModel, "get_image_features", recording)
+    monkeypatch.setattr(DynamiteImageProcessor, "preprocess", recording)
     output = folder_dataset / "out_resized"
     evaluate_main(
         ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset / "data")]
@@ -53,7 +54,7 @@ def test_evaluate_resize_options_reach_the_model(folder_dataset, monkeypatch) ->
     )
     # 48x64 images: the short edge goes to 96, so 96x128, already divisible by 32.
     assert seen and set(seen) == {(96, 128)}
-    assert json.loads((output / "results.json").read_text())["resize"] == {"short_edge": 96, "max_size": 160}
+    assert json.loads((output / "results.json").read_text())["resize"] == {"shortest_edge": 96, "longest_edge": 160}
 
 
 def test_evaluate_rejects_a_non_positive_resize(folder_dataset, capsys) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from script_module import load_script
-from test_modeling import clicks_two_instances, tiny_model
+from tiny import click_inputs, tiny_model
 
 from dynamite_hf import DynamiteImageProcessor, DynamiteModel
 
@@ -16,12 +16,19 @@ def script():
 
 def logits(model: DynamiteModel, pixel_values: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        return model(pixel_values=pixel_values, clicks=[clicks_two_instances()], image_sizes=[(64, 90)]).pred_masks
+        return model(pixel_values=pixel_values, **click_inputs()).pred_masks
 
 
-def test_grown_layers_start_as_identities_and_keep_the_old_weights() -> None:
-    model = tiny_model(encoder_layers=2, decoder_layers=1)
-    grown = script().grow(model, encoder_layers=4, decoder_layers=3)
+def saved(tmp_path, **overrides) -> tuple[DynamiteModel, str]:
+    model = tiny_model(**overrides)
+    model.save_pretrained(tmp_path / "model")
+    DynamiteImageProcessor().save_pretrained(tmp_path / "model")
+    return model, str(tmp_path / "model")
+
+
+def test_grown_layers_start_as_identities_and_keep_the_old_weights(tmp_path) -> None:
+    model, path = saved(tmp_path, encoder_layers=2, decoder_layers=1)
+    grown = script().grow(path, encoder_layers=4, decoder_layers=3)
     assert (grown.config.encoder_layers, grown.config.decoder_layers) == (4, 3)
     old = model.state_dict()
     for key, value in grown.state_dict().items():
@@ -39,10 +46,10 @@ def test_grown_layers_start_as_identities_and_keep_the_old_weights() -> None:
     torch.testing.assert_close(logits(grown, pixel_values), logits(model, pixel_values), rtol=1e-4, atol=1e-4)
 
 
-def test_the_new_layers_train() -> None:
-    grown = script().grow(tiny_model(encoder_layers=2, decoder_layers=1), encoder_layers=3, decoder_layers=2).train()
-    features = grown.get_image_features(torch.randn(1, 3, 64, 96))
-    pred_masks, _, _ = grown.query_logits(features, [clicks_two_instances()], [(64, 90)], None, False)
+def test_the_new_layers_train(tmp_path) -> None:
+    _, path = saved(tmp_path, encoder_layers=2, decoder_layers=1)
+    grown = script().grow(path, encoder_layers=3, decoder_layers=2).train()
+    pred_masks = grown(pixel_values=torch.randn(1, 3, 64, 96), **click_inputs()).pred_masks
     pred_masks.square().mean().backward()
     transformer = grown.interactive_transformer
     for layer in (transformer.encoder_layers[2], transformer.decoder_layers[1]):
@@ -50,9 +57,7 @@ def test_the_new_layers_train() -> None:
 
 
 def test_the_script_writes_a_loadable_folder_and_names_bad_arguments(tmp_path, capsys) -> None:
-    model = tiny_model(encoder_layers=2, decoder_layers=1)
-    model.save_pretrained(tmp_path / "model")
-    DynamiteImageProcessor.from_config(model.config).save_pretrained(tmp_path / "model")
+    saved(tmp_path, encoder_layers=2, decoder_layers=1)
     args = ["--model", str(tmp_path / "model"), "--output", str(tmp_path / "grown")]
     script().main([*args, "--encoder-layers", "3", "--decoder-layers", "2"])
     grown = DynamiteModel.from_pretrained(tmp_path / "grown")
@@ -66,6 +71,6 @@ def test_the_script_writes_a_loadable_folder_and_names_bad_arguments(tmp_path, c
         with pytest.raises(SystemExit):
             script().main([*args, *extra])
         assert message in capsys.readouterr().err
-    without_decoder = tiny_model(decoder_layers=0)
+    without_decoder, path = saved(tmp_path / "plain", decoder_layers=0)
     with pytest.raises(ValueError, match="without one"):
-        script().grow(without_decoder, encoder_layers=without_decoder.config.encoder_layers, decoder_layers=1)
+        script().grow(path, encoder_layers=without_decoder.config.encoder_layers, decoder_layers=1)

@@ -13,16 +13,18 @@ import torch
 pytest.importorskip("onnxruntime", reason="the ONNX backend needs onnxruntime (pip install -e '.[onnx]')")
 pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript (pip install -e '.[onnx]')")
 
-from test_modeling import tiny_model  # noqa: E402
+from reference import CONFIGS, inputs, original_state_dict, outputs, reference_clicks, requires_reference  # noqa: E402
+from tiny import tiny_model  # noqa: E402
 
-from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor  # noqa: E402
+from dynamite_hf import Click, DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor  # noqa: E402
+from dynamite_hf.clicks import clicks_to_inputs  # noqa: E402
+from dynamite_hf.conversion import load_original_state_dict  # noqa: E402
 from dynamite_hf.inference.onnx import (  # noqa: E402
     CLICK_DECODER_FILE,
     IMAGE_ENCODER_FILE,
     METADATA_FILE,
     OnnxDynamiteModel,
     export_onnx,
-    features_to_tensors,
 )
 
 ATOL = 1e-4
@@ -45,8 +47,8 @@ def resnet50(tmp_path_factory):
 
 
 def _clicks(name: str, height: int, width: int) -> list[Click]:
-    """Click configurations in the model frame; `many` has more queries than the few-keys decoder attention
-    takes in PyTorch (so the two backends also compute the decoder attention differently)."""
+    """Click configurations in the model frame; `many` has more queries than heads x queries < dim (the CPU
+    decoder's reassociated attention), so every attention form meets."""
     if name == "one":
         return [Click(0, height / 2, width / 3, 0, "model")]
     if name == "two_with_background":
@@ -69,23 +71,22 @@ def _clicks(name: str, height: int, width: int) -> list[Click]:
 def _compare_stages(models, size: tuple[int, int], clicks_name: str) -> None:
     torch_model, onnx_model = models
     pixel_values = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(size[0] * size[1]))
-    clicks = [_clicks(clicks_name, *size)]
+    clicks = clicks_to_inputs([_clicks(clicks_name, *size)])
     with torch.inference_mode():
-        torch_features = torch_model.get_image_features(pixel_values)
-        expected, _, counts = torch_model.query_logits(torch_features, clicks, [size])
-    onnx_features = onnx_model.get_image_features(pixel_values)
+        torch_embeddings = torch_model.get_image_embeddings(pixel_values)
+        expected = torch_model(image_embeddings=torch_embeddings, **clicks)
+    onnx_embeddings = onnx_model.get_image_embeddings(pixel_values)
     for name, got, want in zip(
-        onnx_model.feature_names, features_to_tensors(onnx_features), features_to_tensors(torch_features)
+        onnx_model.feature_names,
+        [onnx_embeddings.mask_features, *onnx_embeddings.multi_scale_features],
+        [torch_embeddings.mask_features, *torch_embeddings.multi_scale_features],
+        strict=True,
     ):
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL, msg=lambda m, name=name: f"{name}: {m}")
-    logits, _, onnx_counts = onnx_model.query_logits(onnx_features, clicks, [size])
-    assert onnx_counts == counts
-    assert (
-        logits.shape
-        == expected.shape
-        == (1, len(clicks[0]) + torch_model.config.num_static_bg_queries, *[s // 4 for s in size])
-    )
-    torch.testing.assert_close(logits, expected, rtol=0, atol=ATOL)
+    got = onnx_model(image_embeddings=onnx_embeddings, **clicks)
+    assert torch.equal(got.query_labels, expected.query_labels)
+    assert got.pred_masks.shape == expected.pred_masks.shape
+    torch.testing.assert_close(got.pred_masks, expected.pred_masks, rtol=0, atol=ATOL)
 
 
 # One exported pair of graphs serves every image size and click count (dynamic axes).
@@ -103,48 +104,12 @@ def test_resnet50_logits_match_pytorch(resnet50, size, clicks_name) -> None:
     _compare_stages(resnet50, size, clicks_name)
 
 
-def _assert_same_label_maps_outside_near_ties(
-    got: np.ndarray, want: np.ndarray, instance_logits: torch.Tensor, background: torch.Tensor | None
-) -> None:
-    """Label maps equal except where PyTorch's two best candidates are within a few ATOL of each other."""
-    differ = got != want
-    if not differ.any():
-        return
-    candidates = instance_logits if background is None else torch.cat([instance_logits, background[None]])
-    top2 = candidates.topk(2, dim=0).values if candidates.shape[0] > 1 else None
-    assert top2 is not None, "a single candidate cannot tie, yet the label maps differ"
-    gap = (top2[0] - top2[1]).numpy()
-    assert (gap[differ] < 10 * ATOL).all(), f"{differ.sum()} pixels differ, gaps {np.sort(gap[differ])[-5:]}"
-
-
-@pytest.mark.parametrize("clicks_name", ["two_with_background", "many"])
-def test_forward_label_maps_match_pytorch(mobilenet, clicks_name) -> None:
-    torch_model, onnx_model = mobilenet
-    size, output_size = (96, 160), (150, 250)
-    pixel_values = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
-    clicks = [_clicks(clicks_name, *size)]
-    with torch.inference_mode():
-        expected = torch_model(pixel_values=pixel_values, clicks=clicks, output_sizes=[output_size])
-        logits = torch_model.post_process_logits(expected.pred_masks[0], size, size, output_size)
-    got = onnx_model(pixel_values=pixel_values, clicks=clicks, output_sizes=[output_size])
-    assert got.label_maps[0].shape == output_size
-    assert got.num_clicks_per_instance == expected.num_clicks_per_instance
-    torch.testing.assert_close(got.instance_logits[0], expected.instance_logits[0], rtol=0, atol=ATOL)
-    from dynamite_hf.models.dynamite.modeling_dynamite import group_query_logits
-
-    instance_logits, background = group_query_logits(logits, expected.num_clicks_per_instance[0])
-    _assert_same_label_maps_outside_near_ties(
-        got.label_maps[0].numpy(), expected.label_maps[0].numpy(), instance_logits, background
-    )
-    if clicks_name == "two_with_background":  # (with many background clicks, this random model labels none)
-        assert len(np.unique(expected.label_maps[0].numpy())) > 1  # not a comparison of two blank maps
-
-
 def test_predictor_runs_the_onnx_backend_with_the_same_api(mobilenet) -> None:
     torch_model, onnx_model = mobilenet
-    processor = DynamiteImageProcessor.from_config(torch_model.config, short_edge=96, max_size=160)
+    processor = DynamiteImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})
     image = np.random.default_rng(3).integers(0, 256, (90, 140, 3), dtype=np.uint8)
-    sessions = [DynamitePredictor(model, processor) for model in (torch_model, onnx_model)]
+    sessions = [DynamitePredictor(torch_model, processor, backend="eager"), DynamitePredictor(onnx_model, processor)]
+    assert sessions[1].backend is onnx_model
     masks = []
     for predictor in sessions:
         predictor.set_image(image)
@@ -158,6 +123,27 @@ def test_predictor_runs_the_onnx_backend_with_the_same_api(mobilenet) -> None:
     # Near-tie pixels may flip; on a random image they are rare.
     assert (masks[0] != masks[1]).mean() < 1e-3
     assert masks[0].any()
+    with pytest.raises(ValueError, match="runs only the 'onnx' backend"):
+        DynamitePredictor(onnx_model, processor, backend="cpu")
+
+
+@pytest.mark.slow
+@requires_reference
+def test_the_onnx_backend_passes_the_reference(tmp_path) -> None:
+    """The exported R50 reference model (recipe weights) against the original's outputs, at the reference's
+    tolerances: first and cached clicks on both images."""
+    model = DynamiteModel(DynamiteConfig.from_preset("resnet50")).eval()
+    load_original_state_dict(model, original_state_dict(CONFIGS["resnet50"]))
+    export_onnx(model, tmp_path)
+    onnx_model = OnnxDynamiteModel.from_pretrained(tmp_path, num_threads=2)
+    stored = outputs(CONFIGS["resnet50"])
+    for image in ("img0", "img1"):
+        embeddings = onnx_model.get_image_embeddings(inputs()[f"{image}.normalized_padded"])
+        torch.testing.assert_close(embeddings.mask_features, stored[f"{image}.mask_features"], rtol=1e-4, atol=1e-4)
+        for scenario in ("A", "B"):
+            output = onnx_model(image_embeddings=embeddings, **clicks_to_inputs([reference_clicks(image, scenario)]))
+            expected = stored[f"{image}.{scenario}.pred_masks"]
+            torch.testing.assert_close(output.pred_masks, expected, rtol=1e-4, atol=5e-4)
 
 
 def _copy_export(source, destination):
@@ -221,7 +207,7 @@ def test_missing_input_names_are_listed(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     export_id = json.loads((directory / METADATA_FILE).read_text())["export_id"]
     metadata = {"dynamite_role": "click_decoder", "dynamite_export_id": export_id}
-    _write_onnx(directory / CLICK_DECODER_FILE, ["mask_features", "click_coords_yx"], metadata)
+    _write_onnx(directory / CLICK_DECODER_FILE, ["mask_features", "input_points"], metadata)
     with pytest.raises(
         ValueError, match=rf"{CLICK_DECODER_FILE} has inputs that do not match.*missing \['multi_scale_features.0'"
     ):

@@ -11,16 +11,26 @@ import numpy as np
 import pytest
 import torch
 from reference import CONFIGS, inputs, near_ties, original_state_dict, outputs, reference_clicks, requires_reference
-from test_modeling import tiny_model
+from tiny import tiny_model
 
-from dynamite_hf import Click, DynamiteConfig, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf import (
+    Click,
+    DynamiteConfig,
+    DynamiteImageProcessor,
+    DynamiteModel,
+    DynamiteModelOutput,
+    DynamitePredictor,
+)
 from dynamite_hf.conversion import load_original_state_dict
+
+
+def small_processor() -> DynamiteImageProcessor:
+    return DynamiteImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
 
 
 @pytest.fixture
 def predictor() -> DynamitePredictor:
-    model = tiny_model()
-    return DynamitePredictor(model, DynamiteImageProcessor.from_config(model.config, short_edge=64, max_size=128))
+    return DynamitePredictor(tiny_model(), small_processor())
 
 
 @pytest.fixture
@@ -29,9 +39,9 @@ def image() -> np.ndarray:
 
 
 def test_per_image_stage_runs_once_for_many_clicks(predictor, image) -> None:
-    model = predictor.model
+    model, backend = predictor.model, predictor.backend
     with (
-        mock.patch.object(model, "get_image_features", wraps=model.get_image_features) as spy,
+        mock.patch.object(backend, "get_image_embeddings", wraps=backend.get_image_embeddings) as spy,
         mock.patch.object(model.backbone, "forward", wraps=model.backbone.forward) as backbone,
     ):
         predictor.set_image(image)
@@ -73,8 +83,10 @@ def test_preview_differs_from_the_exact_label_map_only_at_a_few_boundary_pixels(
     clicks = [Click(0, 10.0, 10.0, 0), Click(1, 50.0, 60.0, 1), Click(None, 80.0, 100.0, 2), Click(2, 30.0, 90.0, 3)]
     num_queries = len(clicks) + predictor.model.config.num_static_bg_queries
     coarse = torch.randn(1, num_queries, 4, 5, generator=torch.Generator().manual_seed(0))
-    logits = torch.nn.functional.interpolate(coarse, size=predictor.image_features.mask_features.shape[-2:])
-    monkeypatch.setattr(predictor.model, "query_logits", lambda *args, **kwargs: (logits, [], [[1, 1, 1]]))
+    logits = torch.nn.functional.interpolate(coarse, size=predictor.image_embeddings.mask_features.shape[-2:])
+    labels = torch.tensor([[1, 2, 3] + [0] * (num_queries - 3)])  # query order: instances 1-3, then background
+    output = DynamiteModelOutput(pred_masks=logits, query_labels=labels)
+    monkeypatch.setattr(predictor, "backend", lambda **kwargs: output)
     exact = predictor.label_map_of(clicks, (180, 240))
     preview = predictor.preview_label_map(clicks, (180, 240))
     assert preview.shape == (180, 240) and preview.dtype == np.int32
@@ -142,16 +154,16 @@ def test_a_new_image_releases_the_previous_features_before_computing_its_own(pre
     """Two images' features never coexist (a paper preset's take 334 MB at 800x1216)."""
     predictor.set_image(image)
     predictor.add_click(10, 10)
-    previous = weakref.ref(predictor.image_features.mask_features)
-    model, alive_during_next = predictor.model, []
-    original = model.get_image_features
+    previous = weakref.ref(predictor.image_embeddings.mask_features)
+    backend, alive_during_next = predictor.backend, []
+    original = backend.get_image_embeddings
 
     def compute(*args, **kwargs):
         gc.collect()
         alive_during_next.append(previous() is not None)
         return original(*args, **kwargs)
 
-    with mock.patch.object(model, "get_image_features", side_effect=compute):
+    with mock.patch.object(backend, "get_image_embeddings", side_effect=compute):
         predictor.set_image(image[::-1].copy())
     assert alive_during_next == [False]
     assert predictor.clicks == []
@@ -159,13 +171,44 @@ def test_a_new_image_releases_the_previous_features_before_computing_its_own(pre
     assert predictor.clicks == [Click(0, 10.0, 10.0, 0)] and predictor.label_map.shape == image.shape[:2]
 
 
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
+def test_every_backend_gives_the_same_session(backend: str, image) -> None:
+    """The predictor runs any backend behind the same clicks: the CPU decoder's label maps are the plain
+    model's, and `backend` names the one it picked."""
+    clicks = [Click(0, 20.5, 30.0, 0), Click(1, 60.0, 100.0, 1), Click(None, 5.0, 110.0, 2), Click(0, 30.0, 40.0, 3)]
+    maps = {}
+    for name in ("eager", backend):
+        predictor = DynamitePredictor(tiny_model(), small_processor(), backend=name)
+        predictor.set_image(image)
+        maps[name] = predictor.set_clicks(clicks)
+    assert np.array_equal(maps["eager"], maps[backend])
+    assert type(DynamitePredictor(tiny_model(), backend="cpu").backend).__name__ == "CpuClickDecoder"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        DynamitePredictor(tiny_model(), backend="gpu")
+
+
+def test_the_processor_saved_beside_the_model_is_used(tmp_path) -> None:
+    """One source of preprocessing settings: the predictor reads `preprocessor_config.json` of the model's folder,
+    so an edited one takes effect."""
+    tiny_model().save_pretrained(tmp_path)
+    DynamiteImageProcessor(size={"shortest_edge": 96, "longest_edge": 200}).save_pretrained(tmp_path)
+    predictor = DynamitePredictor.from_pretrained(tmp_path)
+    predictor.set_image(np.zeros((48, 64, 3), np.uint8))
+    assert predictor.image_embeddings.mask_features.shape[-2:] == (96 // 4, 128 // 4)
+    assert (
+        DynamitePredictor(DynamiteModel.from_pretrained(tmp_path)).processor.image_processor.size["shortest_edge"] == 96
+    )
+
+
 @requires_reference
+@pytest.mark.parametrize("backend", ["eager", "cpu"])
 @pytest.mark.parametrize("image_name", ["img0", "img1"])
-def test_reference_masks_through_the_public_api(image_name) -> None:
+def test_reference_masks_through_the_public_api(image_name, backend) -> None:
     """The R50 reference model, driven click by click as a user would, gives the original's masks."""
     model = DynamiteModel(DynamiteConfig.from_preset("resnet50"))
     load_original_state_dict(model, original_state_dict(CONFIGS["resnet50"]))
-    predictor = DynamitePredictor(model, DynamiteImageProcessor(do_resize=False))  # the reference fed images as stored
+    # The reference fed images as stored.
+    predictor = DynamitePredictor(model, DynamiteImageProcessor(do_resize=False), backend=backend)
     torch.set_num_threads(2)
     predictor.set_image(inputs()[f"{image_name}.image_uint8_hwc"].numpy())
     stored = outputs(CONFIGS["resnet50"])

@@ -1,4 +1,5 @@
-"""DynamiteImageProcessor: the original's resize, normalisation and padding; input rules and bad input."""
+"""The processor: the original's resize, normalisation and padding; clicks in the transformers SAM way; the one path
+from logits to masks (`post_process_masks`); input rules and bad input."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor
+from tiny import tiny_model
+from transformers import AutoImageProcessor, AutoProcessor
 
-from dynamite_hf import Click, DynamiteConfig, DynamiteImageProcessor, load_image
+from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor, DynamiteProcessor, load_image
 
 
 @pytest.mark.parametrize(
@@ -28,12 +30,12 @@ def test_normalises_then_zero_pads_to_multiples_of_32() -> None:
     assert (
         inputs["pixel_values"][0, :, 30:, :].abs().sum() == 0 and inputs["pixel_values"][0, :, :, 50:].abs().sum() == 0
     )
-    assert inputs["image_sizes"].tolist() == [[30, 50]] and inputs["original_sizes"].tolist() == [[30, 50]]
+    assert inputs["reshaped_input_sizes"].tolist() == [[30, 50]] and inputs["original_sizes"].tolist() == [[30, 50]]
 
 
 def test_resize_is_pil_bilinear_on_uint8() -> None:
     image = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
-    processor = DynamiteImageProcessor(short_edge=64, max_size=1000)
+    processor = DynamiteImageProcessor(size={"shortest_edge": 64, "longest_edge": 1000})
     inputs = processor(image)
     expected = np.asarray(Image.fromarray(image).resize((96, 64), Image.BILINEAR)).astype(np.float32)
     restored = inputs["pixel_values"][0, :, :64, :96] * torch.tensor(processor.image_std).view(3, 1, 1)
@@ -41,11 +43,74 @@ def test_resize_is_pil_bilinear_on_uint8() -> None:
     np.testing.assert_allclose(restored.permute(1, 2, 0).numpy(), expected, atol=1e-3)
 
 
-def test_clicks_map_to_the_resized_frame() -> None:
-    clicks = DynamiteImageProcessor.clicks_to_model_frame([Click(0, 50.0, 100.0, 0)], (100, 200), (800, 1600))
-    assert clicks == [Click(0, 400.0, 800.0, 0, "model")]
-    with pytest.raises(ValueError, match="outside the image"):
-        DynamiteImageProcessor.clicks_to_model_frame([Click(0, 100.0, 5.0, 0)], (100, 200), (800, 1600))
+def test_clicks_map_to_the_resized_frame_as_xy_points() -> None:
+    """Points are (x, y) in the original image's pixels, as SAM's processor takes them; the processor scales them to
+    the resized image and pads the click lists of a batch with label -10."""
+    processor = DynamiteProcessor(DynamiteImageProcessor(size={"shortest_edge": 800, "longest_edge": 1600}))
+    images = [np.zeros((100, 200, 3), np.uint8), np.zeros((200, 100, 3), np.uint8)]
+    inputs = processor(images, input_points=[[[100.0, 50.0], [3.0, 4.0]], [[10.0, 20.0]]], input_labels=[[1, 0], [1]])
+    assert inputs["reshaped_input_sizes"].tolist() == [[800, 1600], [1600, 800]]
+    assert inputs["input_points"].dtype == torch.float64
+    assert inputs["input_points"][0].tolist() == [[800.0, 400.0], [24.0, 32.0]]
+    assert inputs["input_points"][1, 0].tolist() == [80.0, 160.0]
+    assert inputs["input_labels"].tolist() == [[1, 0], [1, -10]]
+    assert "input_timestamps" not in inputs
+    # Clicks alone, for an image processed before (the predictor's way): the sizes the processor returned.
+    alone = processor(
+        input_points=[[[100.0, 50.0]]],
+        input_labels=[[1]],
+        input_timestamps=[[7]],
+        **{key: inputs[key][:1] for key in ("original_sizes", "reshaped_input_sizes")},
+    )
+    assert alone["input_points"].tolist() == [[[800.0, 400.0]]] and alone["input_timestamps"].tolist() == [[7]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"input_points": [[[5.0, 100.0]]], "input_labels": [[1]]},
+            r"input_points\[0\]\[0\] at \(x=5.0, y=100.0\) lies outside",
+        ),
+        ({"input_points": [[[5.0, 10.0]]], "input_labels": [[1, 0]]}, r"must list the same clicks"),
+        (
+            {"input_points": [[5.0, 10.0]], "input_labels": [[1]]},
+            r"input_points\[0\] must be a list of \[x, y\] points",
+        ),
+        ({"input_points": [[[5.0, 10.0]]]}, "give both or neither"),
+        ({"input_points": [[[5.0, 10.0]]], "input_labels": [[1]], "input_timestamps": [[0, 1]]}, "one entry per click"),
+    ],
+)
+def test_bad_clicks_are_named(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        DynamiteProcessor(DynamiteImageProcessor())(np.zeros((100, 200, 3), np.uint8), **kwargs)
+
+
+def test_model_of_processor_then_post_process_masks_gives_the_predictors_label_map(tmp_path) -> None:
+    """The transformers-style call, end to end: `model(**processor(image, input_points=..., input_labels=...))`, then
+    `post_process_masks`, gives the label map the predictor gives for the same clicks (both at the original size),
+    masks that are that map's instances, and scores in [0, 1]."""
+    model = tiny_model()
+    processor = DynamiteProcessor(DynamiteImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}))
+    image = np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    clicks = [Click(0, 20.5, 30.0, 0), Click(1, 60.0, 100.0, 1), Click(None, 5.0, 140.0, 2), Click(0, 30.0, 40.0, 3)]
+    inputs = processor(
+        image,
+        input_points=[[[c.col, c.row] for c in clicks]],
+        input_labels=[[0 if c.instance is None else c.instance + 1 for c in clicks]],
+    )
+    with torch.inference_mode():
+        outputs = model(**inputs)
+    result = processor.post_process_masks(
+        outputs.pred_masks, outputs.query_labels, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )[0]
+    predictor = DynamitePredictor(model, processor)
+    predictor.set_image(image)
+    predictor.set_clicks(clicks)
+    assert result["label_map"].shape == (90, 150)
+    assert np.array_equal(result["label_map"].numpy(), predictor.label_map)
+    assert torch.equal(result["masks"], torch.stack([result["label_map"] == k for k in (1, 2)]))
+    assert result["scores"].shape == (2,) and ((result["scores"] >= 0) & (result["scores"] <= 1)).all()
 
 
 def test_grayscale_and_rgba_rules(tmp_path) -> None:
@@ -84,10 +149,22 @@ def test_empty_corrupt_and_huge_files_are_refused(tmp_path) -> None:
         load_image(tmp_path / "big.png", max_image_pixels=10_000_000)
 
 
-def test_save_and_auto_image_processor_round_trip(tmp_path) -> None:
-    processor = DynamiteImageProcessor.from_config(DynamiteConfig.from_preset("mobilenet_v2"))
+def test_save_and_auto_processor_round_trip(tmp_path) -> None:
+    processor = DynamiteImageProcessor.from_preset("mobilenet_v2", guided_filter_radius=8)
     processor.save_pretrained(tmp_path)
     assert (tmp_path / "preprocessor_config.json").is_file()
     loaded = AutoImageProcessor.from_pretrained(tmp_path)
     assert isinstance(loaded, DynamiteImageProcessor)
-    assert (loaded.short_edge, loaded.max_size) == (448, 747)
+    assert loaded.size == {"shortest_edge": 448, "longest_edge": 747} and loaded.guided_filter_radius == 8
+    tiny_model().config.save_pretrained(tmp_path)
+    both = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(both, DynamiteProcessor) and both.image_processor.size == loaded.size
+
+
+def test_bad_processor_settings_are_named() -> None:
+    with pytest.raises(ValueError, match="size must be"):
+        DynamiteImageProcessor(size={"shortest_edge": 800})
+    with pytest.raises(ValueError, match="guided_filter_radius must be an int >= 0"):
+        DynamiteImageProcessor(guided_filter_radius=-1)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        DynamiteImageProcessor.from_preset("resnet18")

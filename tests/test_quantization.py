@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 from test_evaluate_script import evaluate_main
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 from dynamite_hf import Click, DynamiteModel, DynamitePredictor
+from dynamite_hf.clicks import clicks_to_inputs
 from dynamite_hf.data.benchmarks import read_dataset
 from dynamite_hf.evaluation import Clicker
+from dynamite_hf.inference.cpu import CpuClickDecoder
 from dynamite_hf.inference.int8 import is_quantized, quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +50,12 @@ def test_only_the_ffn_layers_of_the_chosen_parts_become_int8(parts, prefixes) ->
         if any(n.startswith(p) for p in prefixes) and n.split(".")[-1] in ("linear1", "linear2")
     }
     assert changed == expected and changed
-    assert is_quantized(model) and model.int8_parts == tuple(parts)
-    with torch.inference_mode():  # still runs end to end
-        features = model.get_image_features(torch.randn(1, 3, 64, 96))
-        logits, _, _ = model.query_logits(features, [[Click(0, 10.0, 10.0, 0, "model")]], [(64, 96)])
-    assert torch.isfinite(logits).all()
+    assert is_quantized(model) and not is_quantized(tiny_model())
+    clicks = clicks_to_inputs([[Click(0, 10.0, 10.0, 0, "model")]])
+    with torch.inference_mode():  # still runs end to end, on the plain model and the CPU decoder
+        for backend in (model, CpuClickDecoder(model)):
+            logits = backend(pixel_values=torch.randn(1, 3, 64, 96), **clicks).pred_masks
+            assert torch.isfinite(logits).all()
 
 
 def test_bad_parts_double_quantization_and_saving_are_refused(tmp_path) -> None:
@@ -63,7 +66,7 @@ def test_bad_parts_double_quantization_and_saving_are_refused(tmp_path) -> None:
     model = quantize_int8(tiny_model(), ["click"])
     with pytest.raises(ValueError, match="already quantized"):
         quantize_int8(model)
-    with pytest.raises(ValueError, match="int8 layers .* cannot be saved"):
+    with pytest.raises(ValueError, match="quantized layers .* cannot be saved"):
         model.save_pretrained(tmp_path / "int8")
     assert not (tmp_path / "int8").exists()
 
@@ -102,5 +105,9 @@ def test_evaluate_int8_quantizes_the_model_it_evaluates(folder_dataset, monkeypa
         ["--model", str(folder_dataset / "model"), "--dataset", "folder", "--data-root", str(folder_dataset / "data")]
         + ["--max-clicks", "2", "--int8", "--output", str(output)]
     )
-    assert len(quantized) == 1 and quantized[0].int8_parts == ("click", "image")
+    assert len(quantized) == 1 and is_quantized(quantized[0])
+    assert {name.split(".")[0] for name in quantized_linears(quantized[0])} == {
+        "interactive_transformer",
+        "pixel_decoder",
+    }
     assert (output / "results.json").is_file()

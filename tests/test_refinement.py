@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor
 from dynamite_hf.models.dynamite.refinement import GuidedFilter, box_mean, halve, image_to_guide
@@ -153,10 +153,8 @@ def test_image_to_guide_scales_and_resizes() -> None:
 
 
 def make_predictor(radius: int, refine: bool | None = None) -> DynamitePredictor:
-    model = tiny_model()
-    model.config.guided_filter_radius = radius
-    processor = DynamiteImageProcessor.from_config(model.config, short_edge=64, max_size=128)
-    return DynamitePredictor(model, processor, refine_boundaries=refine)
+    processor = DynamiteImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, guided_filter_radius=radius)
+    return DynamitePredictor(tiny_model(), processor, refine_boundaries=refine)
 
 
 def two_region_image() -> np.ndarray:
@@ -169,21 +167,23 @@ def two_region_image() -> np.ndarray:
 CLICKS = [Click(0, 30.0, 20.0, 0), Click(1, 60.0, 100.0, 1), Click(None, 85.0, 5.0, 2)]
 
 
-def test_refinement_is_off_unless_the_config_turns_it_on() -> None:
+def test_refinement_is_off_unless_the_processor_turns_it_on() -> None:
     """Radius 0 (the released models) or `refine_boundaries=False`: exactly the model's fused label map."""
     image = two_region_image()
     plain = make_predictor(0)
     assert not plain.refine_boundaries
     plain.set_image(image)
-    model = plain.model
-    model_clicks = plain.processor.clicks_to_model_frame(CLICKS, image.shape[:2], plain._image_size)
+    model, processor = plain.model, plain.processor
+    inputs = processor(
+        image,
+        input_points=[[[c.col, c.row] for c in CLICKS]],
+        input_labels=[[0 if c.instance is None else c.instance + 1 for c in CLICKS]],
+    )
     with torch.inference_mode():
-        expected = model(
-            image_features=plain.image_features,
-            clicks=[model_clicks],
-            image_sizes=[plain._image_size],
-            output_sizes=[image.shape[:2]],
-        ).label_maps[0]
+        outputs = model(**inputs)
+        expected = processor.post_process_masks(
+            outputs.pred_masks, outputs.query_labels, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+        )[0]["label_map"]
     np.testing.assert_array_equal(plain.label_map_of(CLICKS), expected.numpy())
     switched_off = make_predictor(4, refine=False)
     switched_off.model.load_state_dict(model.state_dict())
@@ -219,10 +219,8 @@ def test_refine_boundaries_needs_a_radius() -> None:
         make_predictor(4, refine="yes")
 
 
-def test_config_rejects_a_bad_radius() -> None:
-    from dynamite_hf import DynamiteConfig
-
+def test_the_processor_rejects_bad_filter_settings() -> None:
     with pytest.raises(ValueError, match="guided_filter_radius must be an int >= 0"):
-        DynamiteConfig(guided_filter_radius=-1)
+        DynamiteImageProcessor(guided_filter_radius=-1)
     with pytest.raises(ValueError, match="guided_filter_eps and guided_filter_temperature must be positive"):
-        DynamiteConfig(guided_filter_eps=0.0)
+        DynamiteImageProcessor(guided_filter_eps=0.0)

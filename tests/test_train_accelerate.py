@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from dynamite_hf import DynamiteModel
+from dynamite_hf.clicks import clicks_to_inputs
 from dynamite_hf.training.trainer import weights_digest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,10 +127,8 @@ def _clicked_iou(model: DynamiteModel, data, positions: list[int]) -> float:
     for position in positions:
         batch = collate([data[position]])
         with torch.no_grad():
-            features = model.get_image_features(batch.pixel_values)
-            size = tuple(batch.pixel_values.shape[-2:])
-            pred_masks, _, counts = model.query_logits(features, batch.clicks, [size])
-            (predicted,) = module.predicted_maps(pred_masks, counts, batch.padding_masks)
+            outputs = model(pixel_values=batch.pixel_values, **clicks_to_inputs(batch.clicks))
+            (predicted,) = module.predicted_maps(outputs.pred_masks, outputs.query_labels, batch.padding_masks)
         truth, inside = batch.instance_maps[0], ~batch.padding_masks[0]
         for k in range(1, truth.max() + 1):
             hit, predicted_k = truth == k, (predicted == k) & inside

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_modeling import tiny_model
+from tiny import tiny_model
 
 from dynamite_hf.evaluation.clicker import distance_transform
 from dynamite_hf.export import mask_to_rle
@@ -112,7 +112,7 @@ def test_corrective_clicks_target_the_larger_error_and_take_the_owner_from_the_g
 
 def test_group_logits_takes_the_max_per_instance_and_over_the_rest() -> None:
     logits = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 2, 2)
-    grouped = group_logits(logits, [2, 1])
+    grouped = group_logits(logits, torch.tensor([1, 1, 2, 0, 0, 0]))  # instance 1: queries 0-1, 2: query 2
     assert grouped[:, 0, 0].tolist() == [1.0, 2.0, 5.0]
 
 
@@ -249,7 +249,7 @@ def test_training_starts_from_an_original_checkpoint_a_folder_or_imagenet(tmp_pa
     arguments.from_pretrained = str(tmp_path / "folder")
     assert weights_digest(build_model(arguments)) == weights_digest(converted)
     imagenet = build_model(DynamiteTrainingArguments(dataset=["unused"], output_dir=str(tmp_path), init="imagenet"))
-    from dynamite_hf.models.dynamite.backbone_mobilenet_v2 import imagenet_weights_path
+    from dynamite_hf.training.imagenet import imagenet_weights_path
 
     reference = torch.load(imagenet_weights_path(), weights_only=True)
     first = next(k for k in reference if k.endswith("weight") and reference[k].ndim == 4)

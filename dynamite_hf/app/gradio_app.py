@@ -31,7 +31,8 @@ from .. import export
 from ..clicks import Click, without_instance
 from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor, load_image
 from ..models.dynamite.modeling_dynamite import DynamiteModel
-from ..predictor import DynamitePredictor
+from ..models.dynamite.processing_dynamite import DynamiteProcessor
+from ..predictor import DynamitePredictor, default_processor, load_processor
 
 MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a notice)
 MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to click in the browser
@@ -107,7 +108,7 @@ class PredictorCache:
     def __init__(
         self,
         model: DynamiteModel,
-        processor: DynamiteImageProcessor,
+        processor: DynamiteProcessor,
         max_sessions: int,
         max_bytes: int = DEFAULT_MAX_CACHE_MB * 2**20,
     ) -> None:
@@ -191,12 +192,13 @@ class DynamiteApp:
         model_label: str,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_cache_mb: int = DEFAULT_MAX_CACHE_MB,
+        processor: DynamiteProcessor | None = None,
     ) -> None:
         if not isinstance(max_cache_mb, int) or max_cache_mb < 1:
             raise ValueError(f"`max_cache_mb` must be a positive integer (megabytes), got {max_cache_mb!r}")
         self.model = model.eval()
         self.model_label = model_label
-        self.processor = DynamiteImageProcessor.from_config(model.config)
+        self.processor = processor if processor is not None else default_processor(model)
         self.cache = PredictorCache(self.model, self.processor, max_sessions, max_cache_mb * 2**20)
         self.export_root = Path(tempfile.mkdtemp(prefix="dynamite-exports-"))
         # Removed with the app, or when the process exits.
@@ -349,23 +351,24 @@ def _empty_note(label_map: np.ndarray, num_instances: int) -> str:
     return f" Instances {', '.join(empty)} are empty (no pixel went to them); they are exported as empty masks."
 
 
-def load_app_model(model: str | None) -> tuple[DynamiteModel, str]:
-    """The model named by `model`, else `$DYNAMITE_MODEL`, else the bundled default, else a labelled fallback."""
+def load_app_model(model: str | None) -> tuple[DynamiteModel, DynamiteProcessor, str]:
+    """The model and processor named by `model`, else `$DYNAMITE_MODEL`, else the bundled default, else a labelled
+    fallback; and the model's label for the page."""
     from ..models.dynamite.configuration_dynamite import DynamiteConfig
+    from ..training.imagenet import load_imagenet_backbone
 
     name = model or os.environ.get("DYNAMITE_MODEL")
     bundled = Path(__file__).resolve().parents[2] / "models" / "dynamite-mobilenet-v2"
-    if name:
-        return DynamiteModel.from_pretrained(name), name
-    if (bundled / "config.json").is_file():
-        return DynamiteModel.from_pretrained(bundled), f"bundled {bundled.name}"
+    if name or (bundled / "config.json").is_file():
+        source = name or bundled
+        return DynamiteModel.from_pretrained(source), load_processor(source), name or f"bundled {bundled.name}"
     label = "FALLBACK: CPU preset with an untrained head (no trained model bundled yet): masks are not meaningful"
+    fallback = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2"))
     try:
-        fallback = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2", use_imagenet_backbone=True))
+        load_imagenet_backbone(fallback)
     except FileNotFoundError:  # the ImageNet weights package is not installed
-        fallback = DynamiteModel(DynamiteConfig.from_preset("mobilenet_v2"))
         label += " (and a random backbone)"
-    return fallback, label
+    return fallback, DynamiteProcessor(DynamiteImageProcessor.from_preset("mobilenet_v2")), label
 
 
 def build_demo(app: DynamiteApp):

@@ -1,4 +1,5 @@
-"""The feed-forward blocks' inference form, shared by the pixel decoder and the interactive transformer."""
+"""Inference form of the feed-forward blocks (the pixel decoder's and the interactive transformer's): the same
+function as `norm(x + linear2(relu(linear1(x))))`, over row chunks, in place, through oneDNN's fused linears."""
 
 from __future__ import annotations
 
@@ -8,9 +9,6 @@ from torch import Tensor, nn
 # Rows per chunk of an inference FFN: its (rows, ffn_dim) activation is at most this many float32 values (32 MB).
 FFN_CHUNK_ELEMENTS = 2**23
 
-# Run float32 CPU FFNs through oneDNN's fused linear (`torch.ops.mkldnn._linear_pointwise`, the kernel behind
-# inductor's CPU linears) where this torch has it. Tests switch it off to check the plain path.
-USE_ONEDNN = True
 # Fewer rows than this (the encoder's queries) keep the plain path: reordering the weights would cost more than
 # the products (a 256 x 2048 weight takes about 0.4 ms) unless the caller reorders once for many calls.
 ONEDNN_MIN_ROWS = 512
@@ -32,14 +30,14 @@ def _onednn_available() -> bool:
 
 def onednn_linear_weight(weight: Tensor, rows: int) -> Tensor | None:
     """`weight` `(out_features, in_features)` reordered into oneDNN's blocked layout for products of about
-    `rows` rows (`torch.ops.mkldnn._linear_pointwise`), or None where oneDNN does not apply: `USE_ONEDNN` off,
-    not a float32 CPU tensor, oneDNN disabled with `torch.backends.mkldnn.flags(enabled=False)`, or this torch
-    lacks the kernels. Reordering costs about as much as a small product (0.4 ms for a 256 x 2048 weight):
+    `rows` rows (`torch.ops.mkldnn._linear_pointwise`, the kernel behind inductor's CPU linears), or None where
+    oneDNN does not apply: not a float32 CPU tensor, oneDNN disabled with `torch.backends.mkldnn.flags(enabled=False)`,
+    or this torch lacks the kernels. Reordering costs about as much as a small product (0.4 ms for a 256 x 2048 weight):
     callers that multiply many blocks by one weight (the decoder, once per click) reorder once, and nothing is
     cached that a later change of the weight could leave stale."""
-    if not USE_ONEDNN or weight.device.type != "cpu" or weight.dtype != torch.float32:
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return None
-    if not torch._C._get_mkldnn_enabled() or not _onednn_available():
+    if not torch.backends.mkldnn.enabled or not _onednn_available():
         return None
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), rows)
 
@@ -62,6 +60,7 @@ def ffn_in_chunks(
     norm: nn.Module,
     overwrite_input: bool = False,
     onednn_weights: tuple[Tensor, Tensor] | None = None,
+    use_onednn: bool = True,
 ) -> Tensor:
     """`norm(hidden + linear2(relu(linear1(hidden))))` for inference, `hidden` `(..., dim)`, computed over chunks
     of rows: the same function, with a peak of one chunk's `ffn_dim`-wide activation instead of the whole one
@@ -77,8 +76,8 @@ def ffn_in_chunks(
     stride-4 pixels that spares two 62 MB passes per FFN. The same function, summed in another order (equal up
     to float rounding, not bit for bit).
 
-    Float32 on a CPU whose torch has oneDNN's fused linear (`onednn_ffn_weights`, reordered here unless the
-    caller passes them as `onednn_weights`): `linear1` + bias + ReLU is one product, and with one chunk and
+    Float32 on a CPU whose torch has oneDNN's fused linear and with `use_onednn` (`onednn_ffn_weights`,
+    reordered here unless the caller passes them as `onednn_weights`): `linear1` + bias + ReLU is one product, and with one chunk and
     `overwrite_input` `linear2` + bias + residual another, into a new tensor (`hidden` is then left alone).
     Equal up to float rounding (another GEMM kernel); about 5 % off a paper preset's click on this project's
     2-core CPU, its fused first product running at 1.05-1.15x `torch.mm` + bias + ReLU.
@@ -87,7 +86,7 @@ def ffn_in_chunks(
     step = max(1, FFN_CHUNK_ELEMENTS // linear1.out_features)
     plain = all(type(linear) is nn.Linear and linear.bias is not None for linear in (linear1, linear2))
     reuse = type(linear1) is nn.Linear and linear1.bias is not None  # not a quantized module
-    if onednn_weights is None and rows.dtype == torch.float32 and rows.shape[0] >= ONEDNN_MIN_ROWS:
+    if use_onednn and onednn_weights is None and rows.dtype == torch.float32 and rows.shape[0] >= ONEDNN_MIN_ROWS:
         onednn_weights = onednn_ffn_weights(linear1, linear2, min(step, rows.shape[0]))
     in_place = overwrite_input and plain and hidden.is_contiguous()  # `rows` is then a view of `hidden`
     if onednn_weights is not None:

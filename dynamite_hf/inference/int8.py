@@ -41,8 +41,8 @@ def quantize_int8(model, parts: Iterable[str] = INT8_PARTS):
     unknown = [part for part in parts if part not in INT8_PARTS]
     if unknown or not parts:
         raise ValueError(f"`parts` must be a non-empty selection of {INT8_PARTS}, got {parts!r}")
-    if getattr(model, "int8_parts", ()):
-        raise ValueError(f"the model is already quantized (parts {model.int8_parts!r})")
+    if is_quantized(model):
+        raise ValueError("the model is already quantized (quantize_int8 was applied to it)")
     if next(model.parameters()).device.type != "cpu":
         raise ValueError("int8 dynamic quantization runs on the CPU: move the model to the CPU first")
     model.eval()
@@ -58,10 +58,11 @@ def quantize_int8(model, parts: Iterable[str] = INT8_PARTS):
                 linear = getattr(parent, name)
                 linear.qconfig = per_channel_dynamic_qconfig
                 setattr(parent, name, DynamicLinear.from_float(linear))
-    model.int8_parts = parts
     return model
 
 
 def is_quantized(model) -> bool:
-    """Whether `quantize_int8` was applied to `model`."""
-    return bool(getattr(model, "int8_parts", ()))
+    """Whether `model` has int8 layers (`quantize_int8` was applied to it)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    return any(isinstance(module, DynamicLinear) for module in model.modules())

@@ -5,17 +5,16 @@
 
 `export_onnx` writes three files:
 
-- `image_encoder.onnx`, the per-image stage (backbone, pixel decoder, the click-independent projections of the
-  interactive transformer): `pixel_values` `(1, 3, H, W)` float32, `H` and `W` any multiples of
-  `config.size_divisibility`, -> the feature tensors named by `feature_names(config)`.
-- `click_decoder.onnx`, the per-click stage (the interactive transformer and its mask head): those feature
-  tensors plus the click tensors (`CLICK_INPUT_NAMES`, any number of clicks) -> `pred_masks`
-  `(1, num_queries, H/4, W/4)`, the per-query logits.
+- `image_encoder.onnx`, the per-image stage (backbone and pixel decoder): `pixel_values` `(1, 3, H, W)` float32,
+  `H` and `W` any multiples of 32, -> `mask_features` and `multi_scale_features.{0,1,2}`.
+- `click_decoder.onnx`, the per-click stage (the interactive transformer and its mask head, the plain model's
+  computation): those features plus the clicks in query order (`CLICK_INPUT_NAMES`, any number of clicks) ->
+  `pred_masks` `(1, num_queries, H/4, W/4)`, the per-query logits.
 - `dynamite_onnx.json`: the model's config and the names of the inputs and outputs, tying the two graphs to it.
 
-Turning clicks into the click tensors (`DynamiteQueryBatch.from_clicks`), the resize of the logits to the image
-and the fusion into a label map stay outside the graphs: `OnnxDynamiteModel` borrows them from `DynamiteModel`,
-so both backends share one definition of each and give the same label maps.
+Checking and ordering the clicks (`clicks_in_query_order`) stays outside the graphs, as does the post-processing
+(`DynamiteImageProcessor.post_process_masks`): `OnnxDynamiteModel` offers the model's inference interface, so the
+predictor and the app run it like the PyTorch model.
 
 onnxruntime (and, for exporting, onnx and onnxscript) are optional dependencies: `pip install dynamite-hf[onnx]`.
 """
@@ -32,19 +31,25 @@ import torch
 from torch import Tensor, nn
 
 from ..models.dynamite.configuration_dynamite import DynamiteConfig
-from ..models.dynamite.interactive_transformer import DynamiteQueryBatch, DynamiteTransformerMemory
-from ..models.dynamite.modeling_dynamite import DynamiteImageFeatures, DynamiteModel
+from ..models.dynamite.modeling_dynamite import (
+    DynamiteImageEmbeddings,
+    DynamiteModel,
+    DynamiteModelOutput,
+    clicks_in_query_order,
+    order_clicks,
+    query_labels_of,
+)
 
 IMAGE_ENCODER_FILE = "image_encoder.onnx"
 CLICK_DECODER_FILE = "click_decoder.onnx"
 METADATA_FILE = "dynamite_onnx.json"
 FORMAT_NAME = "dynamite-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_OPSET = 20
 
-# The click tensors of `DynamiteQueryBatch` (batch 1): `(1, num_clicks, 2)` float32 row/col in the model frame,
-# `(1, num_clicks, 3)` float32 (row / Hp, col / Wp, timestamp / max(latest, temporal_norm)), `(1, num_clicks)` bool.
-CLICK_INPUT_NAMES = ("click_coords_yx", "click_normalized", "click_is_padding")
+# The clicks in query order (`order_clicks`), batch 1: `(1, num_clicks, 2)` float64 `(x, y)` in pixels of the
+# padded input, `(1, num_clicks)` int64 labels (instance k >= 1, 0 background) and timestamps.
+CLICK_INPUT_NAMES = ("input_points", "input_labels", "input_timestamps")
 CLICK_OUTPUT_NAMES = ("pred_masks",)
 IMAGE_INPUT_NAMES = ("pixel_values",)
 _NUM_LEVELS = 3
@@ -55,59 +60,11 @@ _UNSUPPORTED_BACKBONES = {
 }
 
 
-def feature_names(config: DynamiteConfig) -> list[str]:
+def feature_names(config: DynamiteConfig | None = None) -> list[str]:
     """Names of the per-image feature tensors, in graph order (outputs of the image encoder, first inputs of the
-    click decoder). Shapes for a padded `H x W` image, `dim = hidden_dim`, `heads = num_heads`:
-
-    - `mask_features` `(1, dim, H/4, W/4)`;
-    - `multi_scale_features.{0,1,2}` `(1, dim, H/s, W/s)` for s = 32, 16, 8;
-    - `encoder_keys.{i}` / `encoder_values.{i}` `(heads, level_pixels, dim / heads)` per encoder layer i (the
-      level i mod 3);
-    - `decoder_pixel_position`, `decoder_first_inputs` `(1, H/4 * W/4, dim)` (only with decoder layers);
-    - `level_mask_features.{0,1,2}` `(1, dim, H/s, W/s)`, the mask features resized to each level.
-    """
-    names = ["mask_features", *(f"multi_scale_features.{level}" for level in range(_NUM_LEVELS))]
-    names += [f"encoder_keys.{index}" for index in range(config.encoder_layers)]
-    names += [f"encoder_values.{index}" for index in range(config.encoder_layers)]
-    if config.decoder_layers > 0:
-        names += ["decoder_pixel_position", "decoder_first_inputs"]
-    names += [f"level_mask_features.{level}" for level in range(_NUM_LEVELS)]
-    return names
-
-
-def features_to_tensors(features: DynamiteImageFeatures) -> list[Tensor]:
-    """`DynamiteImageFeatures` -> the flat list of tensors named by `feature_names`."""
-    memory = features.memory
-    tensors = [features.mask_features, *features.multi_scale_features, *memory.encoder_keys, *memory.encoder_values]
-    if memory.decoder_pixel_position is not None:
-        tensors += [memory.decoder_pixel_position, memory.decoder_first_inputs]
-    return tensors + list(memory.level_mask_features)
-
-
-def tensors_to_features(
-    tensors: Sequence[Tensor], config: DynamiteConfig, padded_size: tuple[int, int]
-) -> DynamiteImageFeatures:
-    """The inverse of `features_to_tensors`; `padded_size` `(height, width)` of the padded input."""
-    layers = config.encoder_layers
-    mask_features, multi_scale = tensors[0], tuple(tensors[1 : 1 + _NUM_LEVELS])
-    start = 1 + _NUM_LEVELS
-    keys, values = list(tensors[start : start + layers]), list(tensors[start + layers : start + 2 * layers])
-    start += 2 * layers
-    position = first_inputs = None
-    if config.decoder_layers > 0:
-        position, first_inputs = tensors[start], tensors[start + 1]
-        start += 2
-    memory = DynamiteTransformerMemory(
-        encoder_keys=keys,
-        encoder_values=values,
-        level_sizes=[tuple(feature.shape[-2:]) for feature in multi_scale],
-        decoder_pixel_position=position,
-        decoder_first_inputs=first_inputs,
-        level_mask_features=list(tensors[start : start + _NUM_LEVELS]),
-    )
-    return DynamiteImageFeatures(
-        mask_features=mask_features, multi_scale_features=multi_scale, memory=memory, padded_size=padded_size
-    )
+    click decoder): `mask_features` `(1, dim, H/4, W/4)` and `multi_scale_features.{0,1,2}` `(1, dim, H/s, W/s)`
+    for s = 32, 16, 8."""
+    return ["mask_features", *(f"multi_scale_features.{level}" for level in range(_NUM_LEVELS))]
 
 
 class DynamiteImageEncoderForExport(nn.Module):
@@ -118,40 +75,32 @@ class DynamiteImageEncoderForExport(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        return tuple(features_to_tensors(self.model.get_image_features(pixel_values)))
+        embeddings = self.model.get_image_embeddings(pixel_values)
+        return (embeddings.mask_features, *embeddings.multi_scale_features)
 
 
 class DynamiteClickDecoderForExport(nn.Module):
-    """The per-click stage with flat inputs: the feature tensors and the click tensors -> `pred_masks`."""
+    """The per-click stage with flat inputs: the feature tensors and the clicks in query order -> `pred_masks`."""
 
     def __init__(self, model: DynamiteModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(
-        self, features: tuple[Tensor, ...], coords_yx: Tensor, normalized: Tensor, is_padding: Tensor
-    ) -> Tensor:
-        # padded_size is unused by the transformer (it reads the sizes off the tensors).
-        image_features = tensors_to_features(features, self.model.config, padded_size=None)
-        queries = DynamiteQueryBatch(coords_yx, normalized, is_padding, num_clicks_per_instance=[])
+    def forward(self, features: tuple[Tensor, ...], points: Tensor, labels: Tensor, timestamps: Tensor) -> Tensor:
+        mask_features, multi_scale_features = features[0], features[1:]
+        padded_size = (4 * mask_features.shape[-2], 4 * mask_features.shape[-1])
         pred_masks, _ = self.model.interactive_transformer(
-            image_features.multi_scale_features, image_features.mask_features, image_features.memory, queries
+            multi_scale_features, mask_features, points, labels, timestamps, padded_size
         )
         return pred_masks
 
 
-def _feature_dynamic_shapes(config: DynamiteConfig) -> tuple[dict[int, object], ...]:
+def _feature_dynamic_shapes() -> tuple[dict[int, object], ...]:
     """torch.export dynamic axes of each feature tensor (sizes of the image and of the levels)."""
     from torch.export import Dim
 
-    height4, width4, pixels4 = Dim("height_4"), Dim("width_4"), Dim("pixels_4")
-    levels = [(Dim(f"height_{s}"), Dim(f"width_{s}"), Dim(f"pixels_{s}")) for s in (32, 16, 8)]
-    shapes = [{2: height4, 3: width4}, *({2: h, 3: w} for h, w, _ in levels)]
-    encoder = [{1: levels[index % _NUM_LEVELS][2]} for index in range(config.encoder_layers)]
-    shapes += encoder + encoder
-    if config.decoder_layers > 0:
-        shapes += [{1: pixels4}, {1: pixels4}]
-    shapes += [{2: h, 3: w} for h, w, _ in levels]
+    shapes = [{2: Dim("height_4"), 3: Dim("width_4")}]
+    shapes += [{2: Dim(f"height_{s}"), 3: Dim(f"width_{s}")} for s in (32, 16, 8)]
     return tuple(shapes)
 
 
@@ -160,13 +109,12 @@ def export_onnx(
 ) -> dict[str, Path]:
     """Export `model`'s per-image and per-click stages to `output_dir` (created if needed).
 
-    Both graphs take any image size (multiples of `config.size_divisibility`) and any number of clicks; the batch
-    is one image. Returns the paths written, keyed `"image_encoder"`, `"click_decoder"`, `"metadata"`.
-    Needs the `onnx` extra (onnx, onnxscript); uses the torch.export-based exporter (`dynamo=True`).
+    Both graphs take any image size (multiples of 32) and any number of clicks; the batch is one image. The graphs
+    compute attention as `model.config._attn_implementation` names it. Returns the paths written, keyed
+    `"image_encoder"`, `"click_decoder"`, `"metadata"`. Needs the `onnx` extra (onnx, onnxscript); uses the
+    torch.export-based exporter (`dynamo=True`).
     """
     from torch.export import Dim
-
-    from ..clicks import Click, order_clicks
 
     if not isinstance(model, DynamiteModel):
         raise TypeError(f"model must be a DynamiteModel, got {type(model).__name__}")
@@ -180,11 +128,9 @@ def export_onnx(
     output_dir.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     # An example image of 2 x 3 stride-32 cells and two clicks: sizes of 1 would be specialised by the export.
-    divisor = config.size_divisibility
-    pixel_values = torch.randn(1, 3, 2 * divisor, 3 * divisor, generator=torch.Generator().manual_seed(0))
-    clicks, counts = order_clicks([Click(0, 10.0, 20.0, 0, "model"), Click(None, 40.0, 70.0, 1, "model")])
-    queries = DynamiteQueryBatch.from_clicks(
-        [clicks], [counts], tuple(pixel_values.shape[-2:]), config.temporal_norm, None, torch.device("cpu")
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    clicks = order_clicks(
+        torch.tensor([[[20.0, 10.0], [70.0, 40.0]]], dtype=torch.float64), torch.tensor([[1, 0]]), None
     )
     names = feature_names(config)
     export_id = uuid.uuid4().hex
@@ -199,44 +145,32 @@ def export_onnx(
         program.model.metadata_props.update({"dynamite_export_id": export_id, "dynamite_role": role})
         program.save(str(paths[role]))
 
-    # Forms of the same functions that export well: the decoder attention pinned to the few-keys form (the query
-    # count is symbolic in the graph; it is the faster form for the usual number of clicks), and the deformable
-    # attention by grid_sample (ONNX GridSample; embedding_bag becomes a slow loop).
-    layers = model.interactive_transformer.decoder_layers
-    pins = [(layer, "use_few_keys_attention", True) for layer in layers] + [(layer, "min_keys", 0) for layer in layers]
-    pins += [(module, "use_grid_sample", True) for module in model.modules() if hasattr(module, "use_grid_sample")]
-    pins += [(module, "chunked", False) for module in model.modules() if hasattr(module, "chunked")]
-    try:
-        for module, name, value in pins:
-            setattr(module, name, value)
-        with torch.no_grad():
-            features = features_to_tensors(model.get_image_features(pixel_values))
-            encoder = torch.onnx.export(
-                DynamiteImageEncoderForExport(model).eval(),
-                (pixel_values,),
-                dynamo=True,
-                opset_version=opset,
-                input_names=list(IMAGE_INPUT_NAMES),
-                output_names=names,
-                dynamic_shapes={"pixel_values": {2: divisor * Dim("height_32"), 3: divisor * Dim("width_32")}},
-                verbose=verbose,
-            )
-            save(encoder, "image_encoder")
-            num_clicks = Dim("num_clicks")
-            decoder = torch.onnx.export(
-                DynamiteClickDecoderForExport(model).eval(),
-                (tuple(features), queries.coords_yx, queries.normalized, queries.is_padding),
-                dynamo=True,
-                opset_version=opset,
-                input_names=[*names, *CLICK_INPUT_NAMES],
-                output_names=list(CLICK_OUTPUT_NAMES),
-                dynamic_shapes=(_feature_dynamic_shapes(config), {1: num_clicks}, {1: num_clicks}, {1: num_clicks}),
-                verbose=verbose,
-            )
-            save(decoder, "click_decoder")
-    finally:
-        for module, name, _ in pins:
-            delattr(module, name)  # back to the class default
+    with torch.no_grad():
+        embeddings = model.get_image_embeddings(pixel_values)
+        features = (embeddings.mask_features, *embeddings.multi_scale_features)
+        encoder = torch.onnx.export(
+            DynamiteImageEncoderForExport(model).eval(),
+            (pixel_values,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(IMAGE_INPUT_NAMES),
+            output_names=names,
+            dynamic_shapes={"pixel_values": {2: 32 * Dim("height_32"), 3: 32 * Dim("width_32")}},
+            verbose=verbose,
+        )
+        save(encoder, "image_encoder")
+        num_clicks = Dim("num_clicks")
+        decoder = torch.onnx.export(
+            DynamiteClickDecoderForExport(model).eval(),
+            (features, *clicks),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[*names, *CLICK_INPUT_NAMES],
+            output_names=list(CLICK_OUTPUT_NAMES),
+            dynamic_shapes=(_feature_dynamic_shapes(), {1: num_clicks}, {1: num_clicks}, {1: num_clicks}),
+            verbose=verbose,
+        )
+        save(decoder, "click_decoder")
 
     metadata = {
         "format": FORMAT_NAME,
@@ -260,55 +194,21 @@ def export_onnx(
     return paths
 
 
-class _OnnxClickDecoder:
-    """Stands in for `DynamiteModel.interactive_transformer`: the same call, run by the click graph."""
-
-    def __init__(self, session, input_names: list[str]) -> None:
-        self.session = session
-        self.input_names = input_names
-
-    def __call__(
-        self,
-        multi_scale_features: Sequence[Tensor],
-        mask_features: Tensor,
-        memory: DynamiteTransformerMemory,
-        queries: DynamiteQueryBatch,
-        output_auxiliary: bool = False,
-    ) -> tuple[Tensor, list[Tensor]]:
-        if output_auxiliary:
-            raise ValueError("output_auxiliary=True is for training; the ONNX click decoder returns pred_masks only")
-        if queries.coords_yx.shape[0] != 1:
-            raise ValueError(f"the ONNX graphs take one image at a time, got a batch of {queries.coords_yx.shape[0]}")
-        features = DynamiteImageFeatures(
-            mask_features=mask_features, multi_scale_features=tuple(multi_scale_features), memory=memory
-        )
-        tensors = [*features_to_tensors(features), queries.coords_yx, queries.normalized, queries.is_padding]
-        feed = {name: tensor.detach().cpu().numpy() for name, tensor in zip(self.input_names, tensors)}
-        (pred_masks,) = self.session.run(list(CLICK_OUTPUT_NAMES), feed)
-        return torch.from_numpy(pred_masks), []
-
-
 class OnnxDynamiteModel:
-    """`DynamiteModel`'s inference API (`get_image_features`, `forward` / `__call__`, `query_logits`) with both
-    stages run by onnxruntime; `DynamitePredictor` takes it in place of a `DynamiteModel`.
+    """`DynamiteModel`'s inference interface (`get_image_embeddings`, and `forward` / calling it with
+    `image_embeddings` and clicks) with both stages run by onnxruntime; `DynamitePredictor` takes it in place of a
+    `DynamiteModel`.
 
-    Build it with `OnnxDynamiteModel.from_pretrained(directory)` on a directory written by `export_onnx`.
-    Tensors in and out are torch tensors on the CPU, as from the PyTorch model; batches hold one image.
+    Build it with `OnnxDynamiteModel.from_pretrained(directory)` on a directory written by `export_onnx`. Tensors in
+    and out are torch tensors on the CPU, as from the PyTorch model; batches hold one image.
     """
 
-    # The click handling, post-processing and fusion of the PyTorch model, unchanged: only the two stages
-    # (`get_image_features`, `interactive_transformer`) run in onnxruntime.
-    forward = DynamiteModel.forward
-    __call__ = DynamiteModel.forward
-    query_logits = DynamiteModel.query_logits
-    post_process_logits = staticmethod(DynamiteModel.post_process_logits)
-    grouped_output_logits = staticmethod(DynamiteModel.grouped_output_logits)
     _check_pixel_values = DynamiteModel._check_pixel_values
 
     def __init__(self, config: DynamiteConfig, image_encoder, click_decoder) -> None:
         self.config = config
         self.image_encoder = image_encoder
-        self.interactive_transformer = _OnnxClickDecoder(click_decoder, [i.name for i in click_decoder.get_inputs()])
+        self.click_decoder = click_decoder
         self.feature_names = feature_names(config)
         self.device = torch.device("cpu")
         self.directory: Path | None = None  # where from_pretrained read the graphs
@@ -382,17 +282,56 @@ class OnnxDynamiteModel:
         """No-op (the graphs are inference graphs), for code written for a `DynamiteModel`."""
         return self
 
-    def get_image_features(self, pixel_values: Tensor) -> DynamiteImageFeatures:
-        """Run the image-encoder graph: as `DynamiteModel.get_image_features`, for a batch of one image."""
+    def get_image_embeddings(self, pixel_values: Tensor) -> DynamiteImageEmbeddings:
+        """Run the image-encoder graph: as `DynamiteModel.get_image_embeddings`, for a batch of one image."""
         self._check_pixel_values(pixel_values)
         if pixel_values.shape[0] != 1:
             raise ValueError(
                 f"pixel_values must hold one image (batch 1) for the ONNX graphs, got {pixel_values.shape[0]}"
             )
         pixels = pixel_values.detach().to("cpu", torch.float32).numpy()
-        outputs = self.image_encoder.run(self.feature_names, {IMAGE_INPUT_NAMES[0]: pixels})
-        tensors = [torch.from_numpy(output) for output in outputs]
-        return tensors_to_features(tensors, self.config, (pixel_values.shape[-2], pixel_values.shape[-1]))
+        outputs = [torch.from_numpy(o) for o in self.image_encoder.run(self.feature_names, {"pixel_values": pixels})]
+        return DynamiteImageEmbeddings(mask_features=outputs[0], multi_scale_features=tuple(outputs[1:]))
+
+    def forward(
+        self,
+        pixel_values: Tensor | None = None,
+        input_points: Tensor | None = None,
+        input_labels: Tensor | None = None,
+        input_timestamps: Tensor | None = None,
+        image_embeddings: DynamiteImageEmbeddings | None = None,
+        reshaped_input_sizes: Tensor | None = None,
+        original_sizes: Tensor | None = None,
+    ) -> DynamiteModelOutput:
+        """As `DynamiteModel.forward` (the same arguments; batch 1), with the click graph run by onnxruntime."""
+        if (pixel_values is None) == (image_embeddings is None):
+            raise ValueError("Give exactly one of pixel_values (a new image) or image_embeddings (cached features)")
+        if input_points is None or input_labels is None:
+            raise ValueError("input_points and input_labels are required: at least one click on an instance")
+        if image_embeddings is None:
+            image_embeddings = self.get_image_embeddings(pixel_values)
+        points, labels, timestamps = clicks_in_query_order(
+            image_embeddings, input_points, input_labels, input_timestamps, reshaped_input_sizes
+        )
+        tensors = [
+            image_embeddings.mask_features,
+            *image_embeddings.multi_scale_features,
+            points.double(),
+            labels.long(),
+            timestamps.long(),
+        ]
+        feed = {
+            name: t.detach().cpu().numpy() for name, t in zip(self.feature_names + list(CLICK_INPUT_NAMES), tensors)
+        }
+        (pred_masks,) = self.click_decoder.run(list(CLICK_OUTPUT_NAMES), feed)
+        pred_masks = torch.from_numpy(pred_masks)
+        return DynamiteModelOutput(
+            pred_masks=pred_masks,
+            query_labels=query_labels_of(labels, pred_masks.shape[1]),
+            image_embeddings=image_embeddings,
+        )
+
+    __call__ = forward
 
 
 def _check_session(session, path: Path, role: str, metadata: dict, names: list[str]) -> None:

@@ -65,7 +65,7 @@ class DynamiteTrainingDataset(torch.utils.data.Dataset):
         dataset: a `datasets.Dataset` of the `dynamite_hf.data.instances` schema.
         crop_size: side of the square training crop.
         seed: the run's seed.
-        pixel_mean / pixel_std: RGB normalisation (0-255 scale), from the model config.
+        pixel_mean / pixel_std: RGB normalisation (0-255 scale), from the image processor.
         min_area: instances of at most this many pixels (original resolution) are not used.
         max_instances: subsampling cap.
         min_scale / max_scale: the large-scale-jitter range.

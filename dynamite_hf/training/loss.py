@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.dynamite.modeling_dynamite import group_query_logits
+from ..models.dynamite.image_processing_dynamite import fuse_queries
 
 
 def point_sample(inputs: Tensor, coords_xy: Tensor) -> Tensor:
@@ -60,10 +60,11 @@ def click_disk_points(clicks, size: tuple[int, int], radius: int = 2) -> Tensor:
     return torch.tensor(points, dtype=torch.float32).reshape(-1, 2)
 
 
-def group_logits(query_logits: Tensor, num_clicks_per_instance: Sequence[int]) -> Tensor:
+def group_logits(query_logits: Tensor, query_labels: Tensor) -> Tensor:
     """`(Q, h, w)` per-query logits -> `(N + 1, h, w)`: each instance's max over its queries, then the max over
-    every remaining query (background clicks, batch padding, static background queries)."""
-    instance_logits, background_logits = group_query_logits(query_logits, num_clicks_per_instance)
+    every background query (background clicks, batch padding, static background queries); `query_labels` `(Q,)`
+    as the model returns them."""
+    instance_logits, background_logits = fuse_queries(query_logits, query_labels, int(query_labels.max()))
     return torch.cat((instance_logits, background_logits[None]))
 
 
@@ -120,7 +121,7 @@ def mask_losses(
 def deep_supervision_loss(
     pred_masks: Tensor,
     aux_pred_masks: Sequence[Tensor],
-    num_clicks_per_instance: Sequence[Sequence[int]],
+    query_labels: Tensor,
     targets: Sequence[Tensor],
     num_masks: float,
     bce_weight: float = 5.0,
@@ -136,7 +137,7 @@ def deep_supervision_loss(
     total = pred_masks.new_zeros(())
     logged = {}
     for name, query_logits in [("final", pred_masks)] + [(f"aux_{i}", a) for i, a in enumerate(aux_pred_masks)]:
-        predictions = [group_logits(query_logits[i], counts) for i, counts in enumerate(num_clicks_per_instance)]
+        predictions = [group_logits(query_logits[i], labels) for i, labels in enumerate(query_labels)]
         bce, dice = mask_losses(
             predictions,
             targets,

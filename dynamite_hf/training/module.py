@@ -11,19 +11,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..clicks import Click
-from ..models.dynamite.modeling_dynamite import DynamiteModel, fuse_instances
+from ..clicks import Click, clicks_to_inputs
+from ..models.dynamite.image_processing_dynamite import fuse_queries, label_instances
+from ..models.dynamite.modeling_dynamite import DynamiteModel
 from .click_simulation import corrective_clicks
 
 
 @dataclass
 class DynamiteTrainingOutput:
-    """`pred_masks` `(batch, queries, S/4, S/4)`, the supervised auxiliary predictions, each image's clicks per
-    instance and the final clicks (initial + corrective)."""
+    """`pred_masks` `(batch, queries, S/4, S/4)`, the supervised auxiliary predictions, each query's instance
+    (`query_labels` `(batch, queries)`: k >= 1 instance k, 0 background) and the final clicks (initial +
+    corrective)."""
 
     pred_masks: Tensor
     aux_pred_masks: list[Tensor]
-    num_clicks_per_instance: list[list[int]]
+    query_labels: Tensor
     clicks: list[list[Click]]
 
 
@@ -59,14 +61,16 @@ class DynamiteForInteractiveTraining(nn.Module):
         return self
 
     def predicted_maps(
-        self, pred_masks: Tensor, counts: list[list[int]], padding_masks: list[np.ndarray]
+        self, pred_masks: Tensor, query_labels: Tensor, padding_masks: list[np.ndarray]
     ) -> list[np.ndarray]:
-        """Label maps at the crop size (the training variant of spec 1.5: logits zeroed on the padding)."""
+        """Label maps at the crop size, 0 background and k + 1 instance k (the training variant of spec 1.5:
+        logits zeroed on the padding)."""
         logits = F.interpolate(pred_masks.float(), scale_factor=4, mode="bilinear", align_corners=False)
         maps = []
-        for index, image_counts in enumerate(counts):
+        for index, labels in enumerate(query_labels):
             keep = torch.from_numpy(~padding_masks[index]).to(logits.device, logits.dtype)
-            maps.append(fuse_instances(logits[index] * keep, image_counts)[1].cpu().numpy())
+            instances, background = fuse_queries(logits[index] * keep, labels, int(labels.max()))
+            maps.append(label_instances(instances, background).cpu().numpy())
         return maps
 
     def forward(
@@ -89,24 +93,23 @@ class DynamiteForInteractiveTraining(nn.Module):
             rng: draws the corrective clicks.
             supervised_aux: how many auxiliary predictions to return (from the first); default all.
         """
-        features = self.model.get_image_features(pixel_values)
-        size = tuple(pixel_values.shape[-2:])
-        sizes = [size] * len(clicks)
+        embeddings = self.model.get_image_embeddings(pixel_values)
         clicks = [list(c) for c in clicks]
         for _ in range(num_iterations):
             with torch.no_grad():
-                pred_masks, _, counts = self.model.query_logits(features, clicks, sizes)
-                maps = self.predicted_maps(pred_masks, counts, padding_masks)
+                outputs = self.model(image_embeddings=embeddings, **clicks_to_inputs(clicks))
+                maps = self.predicted_maps(outputs.pred_masks, outputs.query_labels, padding_masks)
             targets = range(1) if self.corrective_clicks_first_image_only else range(len(clicks))
             for index in targets:
                 next_timestamp = max(c.timestamp for c in clicks[index]) + 1
                 clicks[index] += corrective_clicks(
                     instance_maps[index], padding_masks[index], maps[index], next_timestamp, rng
                 )
-        pred_masks, auxiliary, counts = self.model.query_logits(features, clicks, sizes, output_auxiliary=True)
+        outputs = self.model(image_embeddings=embeddings, output_auxiliary_logits=True, **clicks_to_inputs(clicks))
+        auxiliary = list(outputs.auxiliary_logits)
         if supervised_aux is not None:
             auxiliary = auxiliary[:supervised_aux]
-        return DynamiteTrainingOutput(pred_masks, auxiliary, counts, clicks)
+        return DynamiteTrainingOutput(outputs.pred_masks, auxiliary, outputs.query_labels, clicks)
 
 
 def supervised_aux_count(model: DynamiteModel) -> int:

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from ..models.dynamite.configuration_dynamite import DynamiteConfig
+from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
 from ..models.dynamite.modeling_dynamite import DynamiteModel
 from .data import DynamiteTrainingDataset, TrainingOrder, collate
+from .imagenet import load_imagenet_backbone
 from .loss import click_disk_points, deep_supervision_loss
 from .module import DynamiteForInteractiveTraining, multistep_schedule, parameter_groups, supervised_aux_count
 
@@ -175,9 +177,21 @@ def build_model(arguments: DynamiteTrainingArguments) -> DynamiteModel:
         return model
     if source:
         return DynamiteModel.from_pretrained(source, **overrides)
-    if arguments.init == "imagenet":
-        overrides["use_imagenet_backbone"] = True
-    return DynamiteModel(DynamiteConfig.from_preset(arguments.preset, **overrides))
+    model = DynamiteModel(DynamiteConfig.from_preset(arguments.preset, **overrides))
+    return load_imagenet_backbone(model) if arguments.init == "imagenet" else model
+
+
+def build_processor(arguments: DynamiteTrainingArguments) -> DynamiteImageProcessor:
+    """The image processor saved with the trained model: the starting folder's, else the preset's (the released
+    models' for a converted checkpoint)."""
+    source = arguments.from_pretrained
+    if source and Path(source).is_file():
+        from ..conversion import infer_preset, read_original_checkpoint
+
+        return DynamiteImageProcessor.from_preset(infer_preset(read_original_checkpoint(source)))
+    if source:
+        return DynamiteImageProcessor.from_pretrained(source)
+    return DynamiteImageProcessor.from_preset(arguments.preset)
 
 
 def load_training_dataset(names: list[str]):
@@ -234,12 +248,12 @@ def collective_failures_named(rank: int, world: int, state: TrainingState, timeo
         ) from error
 
 
-def evaluate_noc(model: DynamiteModel, samples) -> dict[str, float]:
+def evaluate_noc(model: DynamiteModel, processor: DynamiteImageProcessor, samples) -> dict[str, float]:
     from ..evaluation import evaluate_single_instance, single_instance_metrics
     from ..evaluation.protocols import ModelSegmenter
     from ..predictor import DynamitePredictor
 
-    result = evaluate_single_instance(ModelSegmenter(DynamitePredictor(model)), samples, progress=False)
+    result = evaluate_single_instance(ModelSegmenter(DynamitePredictor(model, processor)), samples, progress=False)
     metrics = single_instance_metrics(result)
     return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
@@ -271,6 +285,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     torch.manual_seed(arguments.seed + rank)
 
     model = build_model(arguments)
+    processor = build_processor(arguments)
     # Process 0's initial weights (the ones DDP broadcasts): a re-run of the same command starts from these.
     initial_digest = weights_digest(model) if rank == 0 else None
     dataset = load_training_dataset(arguments.dataset)
@@ -278,8 +293,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         dataset,
         arguments.crop_size,
         arguments.seed,
-        model.config.pixel_mean,
-        model.config.pixel_std,
+        processor.image_mean,
+        processor.image_std,
         arguments.min_area,
         arguments.max_instances,
         arguments.min_scale,
@@ -374,7 +389,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                 loss, logs = deep_supervision_loss(
                     outputs.pred_masks.float(),
                     [a.float() for a in outputs.aux_pred_masks],
-                    outputs.num_clicks_per_instance,
+                    outputs.query_labels,
                     [t.float() for t in targets],
                     num_masks,
                     generator=generator,
@@ -420,17 +435,21 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                 progress.set_postfix(loss=f"{last_logs['train/loss']:.3f}")
             if arguments.eval_every and state.step % arguments.eval_every == 0:
                 if accelerator.is_main_process:
-                    metrics = evaluate_noc(unwrapped.model, eval_samples)
+                    metrics = evaluate_noc(unwrapped.model, processor, eval_samples)
                     accelerator.log(metrics, step=state.step)
                     accelerator.print(f"step {state.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                     unwrapped.train()
                 accelerator.wait_for_everyone()
             if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
-                _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config)
+                _save_checkpoint(
+                    accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config, processor
+                )
     progress.close()
     # (decided from the step, never from the file system, so every process takes part in the same collectives)
     if arguments.checkpoint_every and state.step % arguments.checkpoint_every:
-        _save_checkpoint(accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config)
+        _save_checkpoint(
+            accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config, processor
+        )
 
     with collective_failures_named(rank, world, state, arguments.collective_timeout):
         digests = gather_object([weights_digest(unwrapped.model)])
@@ -450,12 +469,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     with collective_failures_named(rank, world, state, arguments.collective_timeout):
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        # The trained weights hold the backbone: loading them must not need the ImageNet weights package.
-        unwrapped.model.config.use_imagenet_backbone = False
         unwrapped.model.save_pretrained(output_dir)
-        from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
-
-        DynamiteImageProcessor.from_config(unwrapped.model.config).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if arguments.push_to_hub:
             unwrapped.model.push_to_hub(arguments.hub_model_id)
@@ -479,33 +494,46 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source:
     """A `save_pretrained` folder (model, processor config) from a `checkpoints/step_N` folder of a run."""
     from safetensors.torch import load_file
 
-    from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
-
     checkpoint = Path(checkpoint)
     weights = checkpoint / "model.safetensors"
     if not weights.is_file():
         raise FileNotFoundError(f"--checkpoint: {checkpoint} holds no model.safetensors (a checkpoints/step_N folder?)")
     if (checkpoint / "config.json").is_file():
-        config = DynamiteConfig.from_pretrained(checkpoint)
+        source = checkpoint
     elif config_source is not None:
-        config = DynamiteConfig.from_pretrained(config_source)
+        source = Path(config_source)
     else:
         raise ValueError(f"--checkpoint: {checkpoint} has no config.json; give --config (the run's starting model)")
-    config.use_imagenet_backbone = False
-    model = DynamiteModel(config)
+    model = DynamiteModel(DynamiteConfig.from_pretrained(source))
     state = {key.removeprefix("model."): value for key, value in load_file(weights).items()}
     model.load_state_dict(state, strict=True)
     model.save_pretrained(output)
-    DynamiteImageProcessor.from_config(config).save_pretrained(output)
+    if (source / "preprocessor_config.json").is_file():
+        DynamiteImageProcessor.from_pretrained(source).save_pretrained(output)
+    else:
+        DynamiteImageProcessor.from_preset(_preset_of(model.config)).save_pretrained(output)
     return Path(output)
 
 
-def _save_checkpoint(accelerator, folder: Path, step: int, total_limit: int, config: DynamiteConfig) -> None:
+def _preset_of(config: DynamiteConfig) -> str:
+    """The preset whose processor fits `config` (the CPU preset's for MobileNetV2, else the original's)."""
+    return "mobilenet_v2" if config.backbone_type == "mobilenet_v2" else "resnet50"
+
+
+def _save_checkpoint(
+    accelerator,
+    folder: Path,
+    step: int,
+    total_limit: int,
+    config: DynamiteConfig,
+    processor: DynamiteImageProcessor,
+) -> None:
     path = folder / f"step_{step}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         # So that scripts/export_checkpoint.py can turn the checkpoint into a model on its own.
         config.to_json_file(path / "config.json")
+        processor.save_pretrained(path)
     if accelerator.is_main_process and total_limit > 0:
         for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-total_limit]:
             shutil.rmtree(old)

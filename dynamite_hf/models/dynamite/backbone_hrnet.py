@@ -8,10 +8,9 @@ the original declared stride 1 for all of them, which is why the released pixel 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
@@ -151,8 +150,9 @@ class DynamiteHRNetBackbone(nn.Module):
         return branches
 
 
-def build(backbone_config: Mapping) -> DynamiteHRNetBackbone:
-    config = merge_backbone_config("hrnet", backbone_config, _DEFAULTS)
-    if len(config["stage_modules"]) != 3:
-        raise ValueError(f"hrnet stage_modules must list 3 stages, got {config['stage_modules']!r}")
-    return DynamiteHRNetBackbone(**config)
+def build(config: PretrainedConfig) -> DynamiteHRNetBackbone:
+    """The backbone of `config.backbone_config` (the released HRNet-W32 where keys are missing)."""
+    values = merge_backbone_config("hrnet", config.backbone_config, _DEFAULTS)
+    if len(values["stage_modules"]) != 3:
+        raise ValueError(f"hrnet stage_modules must list 3 stages, got {values['stage_modules']!r}")
+    return DynamiteHRNetBackbone(**values)

@@ -7,12 +7,12 @@ norms use LayerNorm eps 1e-6; the patch-embedding and spatial-reduction norms ke
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
+from .attention import attention_function
 from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
 _DEFAULTS = BACKBONE_DEFAULTS["mit"]
@@ -41,8 +41,10 @@ class DynamiteMiTOverlapPatchEmbed(nn.Module):
 class DynamiteMiTAttention(nn.Module):
     """Self-attention whose keys/values come from a spatially reduced (strided conv) copy of the tokens."""
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int) -> None:
+    def __init__(self, config: PretrainedConfig, dim: int, num_heads: int, sr_ratio: int) -> None:
         super().__init__()
+        self.config = config  # its `_attn_implementation` picks the attention function
+        self.is_causal = False
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = nn.Linear(dim, dim)
@@ -62,10 +64,8 @@ class DynamiteMiTAttention(nn.Module):
             source = self.sr(x.permute(0, 2, 1).reshape(batch, dim, height, width)).reshape(batch, dim, -1)
             source = self.norm(source.permute(0, 2, 1))
         k, v = self.kv(source).reshape(batch, -1, 2, heads, dim // heads).permute(2, 0, 3, 1, 4)
-        # softmax(q k^T * scale) v, by PyTorch's fused attention: on a CPU its flash kernel never holds the whole
-        # (length, reduced length) score matrix, 231 MB three times over in the first stage at 800x1216.
-        attended = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, dim))
+        attended, _ = attention_function(self.config)(self, q, k, v, None, scaling=self.scale)
+        return self.proj(attended.reshape(batch, length, dim))
 
 
 class DynamiteMiTDepthwiseConv(nn.Module):
@@ -92,10 +92,12 @@ class DynamiteMiTMixFFN(nn.Module):
 
 
 class DynamiteMiTBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path_rate: float) -> None:
+    def __init__(
+        self, config: PretrainedConfig, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, drop_path_rate: float
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = DynamiteMiTAttention(dim, num_heads, sr_ratio)
+        self.attn = DynamiteMiTAttention(config, dim, num_heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = DynamiteMiTMixFFN(dim, int(dim * mlp_ratio))
         self.drop_path_rate = drop_path_rate
@@ -110,6 +112,7 @@ class DynamiteMiTBackbone(nn.Module):
 
     def __init__(
         self,
+        config: PretrainedConfig,
         embed_dims: list[int],
         num_heads: list[int],
         depths: list[int],
@@ -128,7 +131,9 @@ class DynamiteMiTBackbone(nn.Module):
                 DynamiteMiTOverlapPatchEmbed(in_channels, embed_dims[stage], kernel, stride),
             )
             blocks = [
-                DynamiteMiTBlock(embed_dims[stage], num_heads[stage], mlp_ratio, sr_ratios[stage], rates[first + i])
+                DynamiteMiTBlock(
+                    config, embed_dims[stage], num_heads[stage], mlp_ratio, sr_ratios[stage], rates[first + i]
+                )
                 for i in range(depths[stage])
             ]
             self.add_module(f"block{stage + 1}", nn.ModuleList(blocks))
@@ -152,5 +157,6 @@ class DynamiteMiTBackbone(nn.Module):
         return outputs
 
 
-def build(backbone_config: Mapping) -> DynamiteMiTBackbone:
-    return DynamiteMiTBackbone(**merge_backbone_config("mit", backbone_config, _DEFAULTS))
+def build(config: PretrainedConfig) -> DynamiteMiTBackbone:
+    """The backbone of `config.backbone_config` (the released MiT-B0 where keys are missing)."""
+    return DynamiteMiTBackbone(config, **merge_backbone_config("mit", config.backbone_config, _DEFAULTS))

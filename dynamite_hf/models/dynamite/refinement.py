@@ -12,8 +12,8 @@ farther), so small objects cost little.
 
 The filter is linear in the probabilities and keeps constants: filtering the softmax over `[instances...,
 background]` keeps the sum of the classes at 1 in every pixel (up to the negligible probabilities left out), so
-`DynamitePredictor` filters the instances, gives the background 1 minus their sum and labels each pixel with the
-largest.
+`DynamiteImageProcessor.post_process_masks` filters the instances, gives the background 1 minus their sum and
+labels each pixel with the largest.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def image_to_guide(image: np.ndarray, size: tuple[int, int] | None = None) -> Te
 
 
 def half_size(size: tuple[int, int]) -> tuple[int, int]:
-    """`(height, width)` halved, rounded up: where the app's previews fit the filter (`DynamitePredictor`)."""
+    """`(height, width)` halved, rounded up: where previews fit the filter."""
     return (size[0] + 1) // 2, (size[1] + 1) // 2
 
 
@@ -201,3 +201,74 @@ def _resize_to(values: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     grid_cols = cols * (2.0 / max(width - 1, 1)) - 1.0
     grid = torch.stack(torch.broadcast_tensors(grid_cols[None, :], grid_rows[:, None]), dim=-1)
     return F.grid_sample(values[None], grid[None], mode="bilinear", align_corners=True)[0]
+
+
+class BoundaryRefiner:
+    """Boundary refinement of one image's masks: the guided filters and guides of that image, built on first use
+    and kept for the next click (what depends only on the image costs about as much as filtering once).
+
+    Args:
+        image: `(H, W, 3)` uint8 RGB, the image at its original size.
+        working_size: `(height, width)` of the resized image the model saw: the filters are fitted there.
+        radius, eps: the filter's window radius (in working-size pixels) and regularisation.
+        temperature: instance probabilities are the softmax over `[instances..., background]` of the logits
+            divided by this.
+    """
+
+    def __init__(
+        self, image: np.ndarray, working_size: tuple[int, int], radius: int, eps: float, temperature: float
+    ) -> None:
+        if not isinstance(radius, int) or radius < 1:
+            raise ValueError(f"radius must be a positive int, got {radius!r}")
+        self.image = image
+        self.working_size = tuple(working_size)
+        self.radius, self.eps, self.temperature = radius, eps, temperature
+        self._working_guide: Tensor | None = None
+        self._filter: GuidedFilter | None = None  # at the working size
+        self._half_filter: GuidedFilter | None = None  # at half the working size, for previews
+        self._output_guide: tuple[tuple[int, int], Tensor] | None = None  # the image at the last output size
+
+    def nbytes(self) -> int:
+        """Bytes of the guides and filters built so far."""
+        tensors = [self._working_guide, self._output_guide[1] if self._output_guide is not None else None]
+        for guided_filter in (self._filter, self._half_filter):
+            if guided_filter is not None:
+                tensors += [guided_filter.guide, guided_filter.mean, guided_filter.inverse]
+        return sum(t.nbytes for t in {id(t): t for t in tensors if t is not None}.values())
+
+    def probabilities(self, grouped_logits: Tensor, num_instances: int) -> Tensor:
+        """The instances' probabilities `(num_instances, h, w)`: the softmax over `[instances..., background]` of
+        `grouped_logits` `(num_instances [+ 1], h, w)` (the last map the background's, if any) over the temperature."""
+        return torch.softmax(grouped_logits.float() / self.temperature, dim=0)[:num_instances]
+
+    def __call__(self, probabilities: Tensor, output_size: tuple[int, int], preview: bool = False) -> Tensor:
+        """Filter the instances' probabilities and return them at `output_size` `(num_instances, H, W)`.
+
+        Exact (`preview=False`): `probabilities` at the working size; the filter's coefficients are applied to the
+        image at `output_size`. A preview takes them at `half_size` of the working size (a quarter of the pixels
+        to resize and group), fits the filter there (half the radius) and applies it to the image at the working
+        size, then resizes: He and Sun's fast guided filter one step further; its boundaries differ from the
+        exact ones by about a pixel of the working size."""
+        output_size = tuple(output_size)
+        if preview:
+            if self._half_filter is None:
+                guide = image_to_guide(self.image, half_size(self.working_size))
+                self._half_filter = GuidedFilter(guide, half_radius(self.radius), self.eps)
+            refined = self._half_filter(probabilities, self._guide_at_working_size())
+        else:
+            if self._filter is None:
+                self._filter = GuidedFilter(self._guide_at_working_size(), self.radius, self.eps)
+            refined = self._filter(probabilities, self._guide_at(output_size))
+        if tuple(refined.shape[1:]) != output_size:
+            refined = F.interpolate(refined[None], size=output_size, mode="bilinear", align_corners=False)[0]
+        return refined
+
+    def _guide_at_working_size(self) -> Tensor:
+        if self._working_guide is None:
+            self._working_guide = image_to_guide(self.image, self.working_size)
+        return self._working_guide
+
+    def _guide_at(self, output_size: tuple[int, int]) -> Tensor:
+        if self._output_guide is None or self._output_guide[0] != output_size:
+            self._output_guide = (output_size, image_to_guide(self.image, output_size))
+        return self._output_guide[1]
