@@ -4,6 +4,7 @@ a build skips is counted and named."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,18 @@ def test_a_raw_folder_is_pointed_at_the_build_command(no_hub) -> None:
     with pytest.raises(ValueError, match=rf"not a dataset built by .*--source yolo:{COCO128} --output"):
         load_instance_dataset(str(COCO128))
     assert no_hub == []
+
+
+@requires_coco128
+def test_train_accelerate_names_the_dataset_error_before_building_anything(tmp_path) -> None:
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, str(ROOT / "train_accelerate.py"), "--output-dir", str(tmp_path / "run")]
+    result = subprocess.run([*command, "--dataset", str(COCO128)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.returncode == 2
+    assert f"--dataset {COCO128}: this folder is not a dataset" in result.stderr
+    assert "python scripts/build_dataset.py --source yolo:" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _write_pairs(root: Path, masks: list[np.ndarray], suffix: str = ".png") -> tuple[Path, Path]:
