@@ -166,7 +166,8 @@ def test_a_launch_that_asked_for_several_processes_but_started_one_stops(how, da
     else:
         launcher = [*LAUNCH, "--num_processes", "2", "--main_process_port", str(free_port())]
     output = tmp_path / "run"
-    result = train(["--dataset", str(data), "--output-dir", str(output), *QUICK], launcher, check=False)
+    args = ["--dataset", str(data), "--output-dir", str(output), "--max-steps", "2", *QUICK]
+    result = train(args, launcher, check=False)
     assert result.returncode != 0
     assert "accelerate launch was asked for several processes" in result.stderr
     assert "accelerate launch --multi_gpu --num_processes N train_accelerate.py" in result.stderr
