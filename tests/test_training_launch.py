@@ -229,6 +229,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(data, tmp
     text = log.read_text()
     assert returncode == 130, text[-3000:]
     assert "Traceback" not in text
+    assert "SIGINT: stopping after this step and saving a checkpoint (Ctrl-C again quits without saving)" in text
     stopped = re.search(r"stopped at step (\d+) of 100000 \(SIGINT\); checkpoint: (\S+)\nResume with:\n  (.+)\n", text)
     assert stopped, text[-3000:]
     step, checkpoint, resume = int(stopped[1]), Path(stopped[2]), shlex.split(stopped[3])
@@ -267,6 +268,8 @@ def test_two_processes_stop_together_on_ctrl_c_and_a_one_process_resume_says_wha
     text = log.read_text()
     assert returncode != 0
     assert len(re.findall("stopped at step", text)) == 1, text[-3000:]
+    # one notice (process 0's), without the quit hint: the launcher's forwarded signal must not quit the run
+    assert len(re.findall(r"SIGINT: stopping after this step and saving a checkpoint\n", text)) == 1
     step = int(re.search(r"stopped at step (\d+) of 100000", text)[1])
     assert "accelerate launch <the same launch options> " in text
     assert [p.name for p in (output / "checkpoints").iterdir()] == [f"step_{step}"]
@@ -281,6 +284,25 @@ def test_two_processes_stop_together_on_ctrl_c_and_a_one_process_resume_says_wha
     assert "To keep 4 samples a step, use --gradient-accumulation-steps 2." in warning
     assert f"continues at sample {step * 4}" in warning
     assert summary(output)["steps"] == step + 1
+
+
+def test_a_second_ctrl_c_quits_at_once_except_under_torchrun(monkeypatch) -> None:
+    from dynamite_hf.training.launch import StopRequest
+
+    stop = StopRequest(announce=False)
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # under torchrun (accelerate launch --multi_gpu) every Ctrl-C arrives twice: repeats are ignored
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    stop = StopRequest(announce=False)
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signal_name == "SIGTERM"
 
 
 # -- arguments ----------------------------------------------------------------------------------------------------

@@ -69,10 +69,10 @@ class StopRequest:
     launcher forwards the terminal's Ctrl-C to every process (so each gets it twice) and kills them after its
     shutdown timeout (30 s), so repeated signals are ignored there."""
 
-    def __init__(self, print_fn=print) -> None:
+    def __init__(self, announce: bool = True) -> None:
         self.requested = False
         self.signal_name: str | None = None
-        self._print = print_fn
+        self._announce = announce
         self._repeat_quits = "TORCHELASTIC_RUN_ID" not in os.environ
 
     def _handle(self, number: int, frame) -> None:
@@ -82,9 +82,12 @@ class StopRequest:
             return
         self.requested = True
         self.signal_name = signal.Signals(number).name
-        # (print, not the logger: a handler must not take the logging lock the interrupted code may hold)
-        quit_hint = " (Ctrl-C again quits without saving)" if self._repeat_quits else ""
-        self._print(f"\n{self.signal_name}: stopping after this step and saving a checkpoint{quit_hint}", flush=True)
+        if self._announce:
+            quit_hint = " (Ctrl-C again quits without saving)" if self._repeat_quits else ""
+            text = f"\n{self.signal_name}: stopping after this step and saving a checkpoint{quit_hint}\n"
+            # A raw write: the interrupted code may be inside a buffered write (tqdm's, every step) or hold the
+            # logging lock, and print / logging from here would then fail or block.
+            os.write(sys.stderr.fileno(), text.encode())
 
     @contextmanager
     def installed(self) -> Iterator[StopRequest]:

@@ -514,7 +514,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     running: dict[str, float] = {}
     last_logs: dict[str, float] = {}
     saved_at = None
-    stop = StopRequest(print_fn=accelerator.print if world > 1 else print)
+    stop = StopRequest(announce=accelerator.is_main_process)
     with collective_failures_named(rank, world, state, arguments.collective_timeout), stop.installed():
         batches = iter(loader)
         while state.step < arguments.max_steps:
