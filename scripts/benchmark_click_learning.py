@@ -101,6 +101,7 @@ def train_command(args, train_data: Path, model_dir: Path) -> list[str]:
         "none",
         "--seed",
         str(args.seed),
+        "--overwrite-output-dir",  # each run trains afresh (the generated data is kept)
         *shlex.split(args.trainer_args),
     ]
     if args.processes == 1:

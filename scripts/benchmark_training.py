@@ -3,7 +3,8 @@
     python scripts/benchmark_training.py --dataset data/coco128 --crop-size 320 --steps 12
 
 Runs the real script for `--steps` optimiser steps per setting (the first step, which pays for warm-up, is left
-out of the figure) with the CPU preset, and prints a table. On a CPU the threads are split between the processes
+out of the figure) with the CPU preset (or `--preset`, from scratch), and prints a table. On GPUs, the paper's
+setting per GPU: `--preset swin_tiny --crop-size 1024 --batch-size 2 --mixed-precision fp16 --processes 8`. On a CPU the threads are split between the processes
 (`OMP_NUM_THREADS` = cores / processes).
 """
 
@@ -31,7 +32,9 @@ def run(processes: int, threads: int, args: argparse.Namespace, output: Path) ->
     training = [str(ROOT / "train_accelerate.py"), "--dataset", *args.dataset, "--output-dir", str(output)]
     training += ["--preset", args.preset, "--crop-size", str(args.crop_size), "--batch-size", str(args.batch_size)]
     training += ["--max-steps", str(args.steps), "--checkpoint-every", "0", "--report-to", "none"]
-    training += ["--max-num-interactions", str(args.max_num_interactions)]
+    training += ["--max-num-interactions", str(args.max_num_interactions), "--mixed-precision", args.mixed_precision]
+    # Only the CPU preset has ImageNet weights that install offline.
+    training += ["--init", "imagenet" if args.preset == "mobilenet_v2" else "scratch"]
     if processes == 1:
         command = [sys.executable, *training]
     else:
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--max-num-interactions", type=int, default=3)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="fp16 needs GPUs")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
@@ -61,10 +65,13 @@ def main(argv: list[str] | None = None) -> None:
             threads = max(cores // processes, 1)
             result = run(processes, threads, args, Path(folder) / f"p{processes}")
             rows.append((processes, threads, result["samples_per_second"]))
-    print(f"preset {args.preset}, crop {args.crop_size}, batch {args.batch_size} per process, {cores} cores")
-    print("| processes | threads each | samples / s |\n|---|---|---|")
+    print(
+        f"preset {args.preset}, crop {args.crop_size}, batch {args.batch_size} per process, mixed precision "
+        f"{args.mixed_precision}, {cores} cores"
+    )
+    print("| processes | threads each | samples / s | s / step |\n|---|---|---|---|")
     for processes, threads, speed in rows:
-        print(f"| {processes} | {threads} | {speed:.2f} |")
+        print(f"| {processes} | {threads} | {speed:.2f} | {args.batch_size * processes / speed:.2f} |")
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@
 
 Sources: yolo:ROOT[:SPLIT], folder:IMAGES:MASKS (instance ids), binary:IMAGES:MASKS (grey > 128),
 clothing:ROOT (Clothing Co-Parsing), coco:JSON:IMAGES (COCO or LVIS), benchmark:NAME:ROOT (an evaluation reader).
-Unreadable images, images without instances and empty masks are skipped with a warning and counted.
+Whatever cannot be used (an unreadable image, an image without its annotation or an annotation without its image,
+an image without instances, an empty mask) is skipped with a warning; the summary counts and names every one
+(the first 20 of each reason; all of them in OUTPUT/skipped.txt).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import warnings
+from pathlib import Path
 
 from dynamite_hf.data.instances import SkipCounter, build_dataset
 from dynamite_hf.data.sources import read_source
@@ -31,22 +35,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--push-to-hub", metavar="REPO", help="also push the dataset to this Hub repo")
     args = parser.parse_args(argv)
 
+    skipped = SkipCounter()
     try:
-        sources = [read_source(spec) for spec in args.source]
+        sources = [read_source(spec, skipped) for spec in args.source]
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     examples = itertools.chain.from_iterable(itertools.islice(s, args.limit) for s in sources)
     excluded = set(args.exclude)
     examples = (e for e in examples if e.sample_id not in excluded)
-    skipped = SkipCounter()
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        dataset = build_dataset(examples, skipped)
+        try:
+            dataset = build_dataset(examples, skipped)
+        except (ValueError, OSError) as error:
+            sys.exit(f"build_dataset.py: error: {error}")
     dataset.save_to_disk(args.output, max_shard_size=args.max_shard_size)
     instances = sum(len(areas) for areas in dataset["areas"])
     print(f"{len(dataset)} images, {instances} instances -> {args.output}")
     if skipped.total:
-        print(f"skipped: {dict(skipped.counts)}")
+        print(f"skipped {skipped.total}:\n{skipped.summary()}")
+        if any(len(names) > 20 for names in skipped.names.values()):
+            listing = Path(args.output) / "skipped.txt"
+            listing.write_text(skipped.listing())
+            print(f"every skipped name: {listing}")
     if args.push_to_hub:
         dataset.push_to_hub(args.push_to_hub)
         print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")

@@ -254,3 +254,77 @@ def test_training_starts_from_an_original_checkpoint_a_folder_or_imagenet(tmp_pa
     reference = torch.load(imagenet_weights_path(), weights_only=True)
     first = next(k for k in reference if k.endswith("weight") and reference[k].ndim == 4)
     assert any(torch.equal(p, reference[first]) for p in imagenet.backbone.parameters())
+
+
+def _autocast_step(dtype: torch.dtype, num_iterations: int):
+    """One training forward of a tiny model under CPU autocast (`dtype`), then the loss as the trainer computes
+    it; returns the module, its output, the loss and the dtypes every Linear / Conv2d output had, by module name."""
+    from dynamite_hf.training import DynamiteForInteractiveTraining, deep_supervision_loss
+
+    model = tiny_model()
+    module = DynamiteForInteractiveTraining(model).train()
+    instance_map = np.zeros((64, 64), dtype=np.int32)
+    instance_map[8:30, 8:30] = 1
+    instance_map[36:60, 20:56] = 2
+    padding = np.zeros((64, 64), dtype=bool)
+    padding[:, 60:] = True
+    rng = np.random.default_rng(0)
+    clicks = initial_clicks(instance_map, padding, rng)
+    output_dtypes: dict[str, torch.dtype] = {}
+
+    def record(name: str):
+        def hook(layer, inputs, output) -> None:
+            output_dtypes.setdefault(name, output.dtype)
+
+        return hook
+
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    hooks = [layer.register_forward_hook(record(name)) for name, layer in layers]
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=dtype):
+        outputs = module(torch.randn(1, 3, 64, 64), [instance_map], [padding], [clicks], num_iterations, rng)
+    for hook in hooks:
+        hook.remove()
+    targets = [torch.from_numpy(np.stack([instance_map == 1, instance_map == 2, (instance_map == 0) & ~padding]))]
+    loss, logs = deep_supervision_loss(
+        outputs.pred_masks, outputs.aux_pred_masks, outputs.query_labels, targets, 3.0, num_points=256
+    )
+    return module, outputs, loss, output_dtypes, len(clicks)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_under_autocast_the_pixel_decoder_and_the_loss_stay_in_float32(dtype) -> None:
+    """As the original under AMP: the deformable-attention pixel decoder in float32, the interactive transformer
+    in the low precision, the loss (point sampling, BCE, Dice) in float32."""
+    module, outputs, loss, output_dtypes, _ = _autocast_step(dtype, num_iterations=0)
+    decoder = {n: d for n, d in output_dtypes.items() if n.startswith("pixel_decoder.")}
+    transformer = {n: d for n, d in output_dtypes.items() if n.startswith("interactive_transformer.")}
+    assert decoder and set(decoder.values()) == {torch.float32}
+    assert transformer and set(transformer.values()) == {dtype}
+    assert outputs.pred_masks.dtype == dtype
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    gradients = [p.grad for p in module.parameters() if p.grad is not None]
+    assert gradients and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in gradients)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_corrective_click_passes_run_under_autocast(dtype) -> None:
+    """The no-grad passes that add corrective clicks run in the training's precision too (bf16 on CPUs and GPUs,
+    fp16 on GPUs: the model's code is the same on both)."""
+    _, outputs, loss, _, initial = _autocast_step(dtype, num_iterations=2)
+    assert len(outputs.clicks[0]) > initial
+    assert torch.isfinite(loss)
+
+
+def test_the_loss_runs_in_float32_whatever_the_predictions_precision() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 16, 16) * 4
+    targets = (torch.rand(3, 64, 64) > 0.5).float()
+    low = logits.to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(1)
+    bce, dice = mask_losses([low], [targets], 3.0, num_points=200, generator=generator)
+    generator = torch.Generator().manual_seed(1)
+    reference = mask_losses([low.float()], [targets], 3.0, num_points=200, generator=generator)
+    assert bce.dtype == dice.dtype == torch.float32
+    assert torch.equal(bce, reference[0]) and torch.equal(dice, reference[1])

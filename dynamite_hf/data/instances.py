@@ -24,6 +24,7 @@ The readers of each layout are here; `dynamite_hf.data.sources.read_source` pick
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import uuid
 import warnings
@@ -60,6 +61,59 @@ def instance_features():
     )
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether `name` names a Hub dataset (`owner/name`) rather than a local folder. Anything else, and any name
+    whose first part is a local folder (`data/coco129` beside a `data/` folder), is a local path: a mistyped path
+    is never looked up on the Hub."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "~")) or Path(name).exists():
+        return False
+    if Path(name.split("/")[0]).is_dir():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _build_hint(folder: Path) -> str:
+    """The `scripts/build_dataset.py` command for a folder of raw images and annotations."""
+    if (folder / "images").is_dir() and (folder / "labels").is_dir():
+        sources = f"--source yolo:{folder}"
+    else:
+        sources = f"--source folder:{folder}/IMAGES:{folder}/MASKS (or binary:..., coco:..., see its --help)"
+    return f"python scripts/build_dataset.py {sources} --output data/{folder.name}"
+
+
+def load_instance_dataset(name: str, argument: str = "--dataset"):
+    """A dataset of this schema from a `scripts/build_dataset.py` folder (`save_to_disk`; a `DatasetDict` gives its
+    `train` split) or a Hub id `owner/name`, with errors that name `argument` and the way to build one."""
+    import datasets
+
+    if is_hub_id(name):
+        return datasets.load_dataset(name, split="train")
+    folder = Path(name).expanduser()
+    if not folder.exists():
+        import difflib
+
+        parent = folder.parent if folder.parent.is_dir() else None
+        near = difflib.get_close_matches(folder.name, [p.name for p in parent.iterdir()]) if parent else []
+        hint = f" (did you mean {parent / near[0]}?)" if near else ""
+        raise FileNotFoundError(
+            f"{argument} {name}: no such folder{hint}. Build a dataset with scripts/build_dataset.py "
+            f"(e.g. --source yolo:ROOT --output {name}); Hub datasets are named owner/name"
+        )
+    if not (folder / "dataset_dict.json").is_file() and not (folder / "state.json").is_file():
+        raise ValueError(
+            f"{argument} {name}: this folder is not a dataset built by scripts/build_dataset.py (it has no "
+            f"state.json / dataset_dict.json). Build one from it first: {_build_hint(folder)}"
+        )
+    loaded = datasets.load_from_disk(str(folder))
+    return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+
+
 def decode_rle(rle: dict) -> np.ndarray:
     """`(H, W)` bool mask from a row's RLE struct."""
     from pycocotools import mask as mask_utils
@@ -92,19 +146,35 @@ class InstanceExample:
 
 @dataclass
 class SkipCounter:
-    """Counts what was skipped and why, warning the first few times for each reason."""
+    """What was skipped, by reason, with the name of each skipped file or instance; warns the first few times for
+    each reason."""
 
     counts: Counter = field(default_factory=Counter)
+    names: dict[str, list[str]] = field(default_factory=dict)
     max_warnings: int = 5
 
-    def skip(self, reason: str, what: str) -> None:
+    def skip(self, reason: str, name: str, detail: str = "") -> None:
         self.counts[reason] += 1
+        self.names.setdefault(reason, []).append(name)
         if self.counts[reason] <= self.max_warnings:
-            warnings.warn(f"skipped {what}: {reason}", stacklevel=2)
+            warnings.warn(f"skipped {name}: {reason}" + (f" ({detail})" if detail else ""), stacklevel=2)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    def summary(self, max_names: int = 20) -> str:
+        """One line per reason: the count and the first `max_names` names."""
+        lines = []
+        for reason, count in self.counts.most_common():
+            names = self.names[reason]
+            more = f", ... ({len(names) - max_names} more)" if len(names) > max_names else ""
+            lines.append(f"  {reason} ({count}): {', '.join(names[:max_names])}{more}")
+        return "\n".join(lines)
+
+    def listing(self) -> str:
+        """Every name, one a line, under its reason."""
+        return "".join(f"{reason}:\n" + "".join(f"  {n}\n" for n in self.names[reason]) for reason in self.names)
 
 
 def encode_example(example: InstanceExample, skipped: SkipCounter, keep_empty: bool = False) -> dict | None:
@@ -117,15 +187,15 @@ def encode_example(example: InstanceExample, skipped: SkipCounter, keep_empty: b
             image.load()
             width, height = image.size
     except (OSError, SyntaxError, ValueError) as error:
-        skipped.skip("unreadable image", f"{example.sample_id} ({error})")
+        skipped.skip("unreadable image", example.sample_id, str(error))
         return None
     masks, categories = [], []
     for index, mask in enumerate(example.masks):
         if mask.shape != (height, width):
-            skipped.skip("mask size differs from the image", f"{example.sample_id} ({mask.shape} vs {(height, width)})")
+            skipped.skip("mask size differs from the image", example.sample_id, f"{mask.shape} vs {(height, width)}")
             return None
         if not keep_empty and not mask.any():
-            skipped.skip("empty mask", f"instance {index} of {example.sample_id}")
+            skipped.skip("empty mask", f"{example.sample_id} instance {index}")
             continue
         masks.append(mask)
         categories.append(int(example.categories[index]) if example.categories else -1)
@@ -151,21 +221,36 @@ def build_dataset(
     cache_dir: str | None = None,
 ):
     """A `datasets.Dataset` of the schema from examples (read lazily, written in batches); what cannot be used
-    is skipped with a warning and counted in `skipped` (see `encode_example`)."""
+    is skipped with a warning and counted in `skipped` (see `encode_example`). Raises ValueError, with the skip
+    reasons, when no example gives a row."""
     import datasets
 
     skipped = skipped if skipped is not None else SkipCounter()
+    written = 0
 
     def rows():
+        nonlocal written
         for example in examples:
             row = encode_example(example, skipped, keep_empty)
             if row is not None:
+                written += 1
                 yield row
 
-    # A fresh fingerprint: the examples are read once, never hashed (a generator cannot be).
-    return datasets.Dataset.from_generator(
-        rows, features=instance_features(), cache_dir=cache_dir, fingerprint=uuid.uuid4().hex
-    )
+    try:
+        # A fresh fingerprint: the examples are read once, never hashed (a generator cannot be).
+        return datasets.Dataset.from_generator(
+            rows, features=instance_features(), cache_dir=cache_dir, fingerprint=uuid.uuid4().hex
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        # A reader's own error (a source that cannot be read) says more than the wrapper.
+        if isinstance(error.__cause__, (ValueError, OSError)):
+            raise error.__cause__ from None
+        raise
+    except ValueError as error:
+        if written or "no data" not in str(error):  # datasets' 'Instruction "train" corresponds to no data!'
+            raise
+        reasons = skipped.summary(max_names=5) if skipped.total else "the sources gave no example"
+        raise ValueError(f"no usable image: every example was skipped. Skipped:\n{reasons}") from None
 
 
 # -- sources ----------------------------------------------------------------------------------------------
@@ -183,25 +268,39 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def read_yolo(root: Path, split: str = "train2017", prefix: str = "yolo") -> Iterator[InstanceExample]:
-    """YOLO segmentation layout (coco128-seg): polygons normalised to [0, 1], rasterised with OpenCV."""
-    import cv2
-
+def read_yolo(
+    root: Path, split: str = "train2017", prefix: str = "yolo", skipped: SkipCounter | None = None
+) -> Iterator[InstanceExample]:
+    """YOLO segmentation layout (coco128-seg): polygons normalised to [0, 1], rasterised with OpenCV. Images
+    without a label file, label files without an image and polygons of fewer than 3 points are counted in
+    `skipped` by name."""
     images, labels = root / "images" / split, root / "labels" / split
     if not images.is_dir():
         raise FileNotFoundError(f"{root} does not look like a YOLO segmentation set: missing images/{split}")
-    for image_path in _image_files(images):
+    return _yolo_examples(images, labels, prefix, skipped if skipped is not None else SkipCounter())
+
+
+def _yolo_examples(images: Path, labels: Path, prefix: str, skipped: SkipCounter) -> Iterator[InstanceExample]:
+    import cv2
+
+    image_paths = _image_files(images)
+    for image_path in image_paths:
         label_path = labels / f"{image_path.stem}.txt"
+        if not label_path.is_file():
+            skipped.skip("image without a label file", str(image_path.relative_to(images.parent.parent)))
+            continue
         size = _image_size(image_path)
-        if size is None or not label_path.is_file():
-            # encode_example reports the unreadable image; a missing label file is an image without instances
+        if size is None:  # encode_example names it as an unreadable image
             yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [])
             continue
         width, height = size
         masks, categories = [], []
-        for line in label_path.read_text().splitlines():
+        for number, line in enumerate(label_path.read_text().splitlines(), start=1):
             values = line.split()
+            if not values:
+                continue
             if len(values) < 7:
+                skipped.skip("polygon of fewer than 3 points", f"{label_path.name}:{number}")
                 continue
             points = np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * (width, height)
             mask = np.zeros((height, width), dtype=np.uint8)
@@ -209,6 +308,12 @@ def read_yolo(root: Path, split: str = "train2017", prefix: str = "yolo") -> Ite
             masks.append(mask.astype(bool))
             categories.append(int(values[0]))
         yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, masks, categories)
+    stems = {p.stem for p in image_paths}
+    for label_path in sorted(labels.glob("*.txt")) if labels.is_dir() else []:
+        if label_path.stem not in stems:
+            instances = sum(1 for line in label_path.read_text().splitlines() if line.split())
+            name = label_path.relative_to(labels.parent.parent)
+            skipped.skip("label file without an image", f"{name} ({instances} instances)")
 
 
 def _mask_for(masks: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
@@ -219,19 +324,73 @@ def _mask_for(masks: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
     return None
 
 
-def read_id_folder(
-    images: Path, masks: Path, prefix: str = "folder", mask_suffixes: tuple[str, ...] = ("", "_mask")
-) -> Iterator[InstanceExample]:
-    """Images with instance-id masks (0 background, 255 void, every other value an instance), matched by stem
-    (`<stem>.png` or `<stem>_mask.png`, the Penn-Fudan naming)."""
+def _paired_masks(
+    images: Path, masks: Path, mask_suffixes: tuple[str, ...], skipped: SkipCounter
+) -> Iterator[tuple[Path, Path]]:
+    """(image, mask) pairs matched by stem; images without a mask and masks without an image are counted."""
+    used = set()
     for image_path in _image_files(images):
         mask_path = _mask_for(masks, image_path.stem, mask_suffixes)
         if mask_path is None:
-            yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [])
+            skipped.skip("image without a mask file", f"{images.name}/{image_path.name}")
             continue
-        ids = np.asarray(Image.open(mask_path))
-        if ids.ndim == 3:
-            ids = ids[..., 0]
+        used.add(mask_path)
+        yield image_path, mask_path
+    for mask_path in _image_files(masks):
+        if mask_path not in used:
+            skipped.skip("mask file without an image", f"{masks.name}/{mask_path.name}")
+
+
+def looks_figure_ground(values: np.ndarray, path: Path) -> bool:
+    """Whether a mask with these unique values is a figure-ground mask (0 / 255, or 0 / 128 / 255 with an
+    uncertain band, or any JPEG: ids do not survive its compression) rather than instance ids."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        return True
+    present = set(values.tolist())
+    return 255 in present and present <= {0, 128, 255}
+
+
+def _read_ids(mask_path: Path) -> np.ndarray:
+    ids = np.asarray(Image.open(mask_path))
+    return ids[..., 0] if ids.ndim == 3 else ids
+
+
+FIGURE_GROUND_CHECKED = 8  # masks read up front by read_id_folder
+
+
+def read_id_folder(
+    images: Path,
+    masks: Path,
+    prefix: str = "folder",
+    mask_suffixes: tuple[str, ...] = ("", "_mask"),
+    skipped: SkipCounter | None = None,
+) -> Iterator[InstanceExample]:
+    """Images with instance-id masks (0 background, 255 void, every other value an instance), matched by stem
+    (`<stem>.png` or `<stem>_mask.png`, the Penn-Fudan naming). Figure-ground masks (`looks_figure_ground`)
+    would read as void or as a 128-valued instance: the first masks are checked up front (ValueError naming
+    `binary:`), any later one is skipped and counted."""
+    skipped = skipped if skipped is not None else SkipCounter()
+    for _, mask_path in itertools.islice(
+        _paired_masks(images, masks, mask_suffixes, SkipCounter(max_warnings=0)), FIGURE_GROUND_CHECKED
+    ):
+        values = np.unique(_read_ids(mask_path))
+        if looks_figure_ground(values, mask_path):
+            raise ValueError(
+                f"{mask_path} holds a figure-ground mask (values {values.tolist()[:6]}), not instance ids (0 "
+                f"background, 1..N instances, 255 void): read such masks with binary:{images}:{masks} (or "
+                f"binary-components: for one instance per connected part)"
+            )
+    return _id_examples(images, masks, prefix, mask_suffixes, skipped)
+
+
+def _id_examples(
+    images: Path, masks: Path, prefix: str, mask_suffixes: tuple[str, ...], skipped: SkipCounter
+) -> Iterator[InstanceExample]:
+    for image_path, mask_path in _paired_masks(images, masks, mask_suffixes, skipped):
+        ids = _read_ids(mask_path)
+        if looks_figure_ground(np.unique(ids), mask_path):
+            skipped.skip("figure-ground mask in an instance-id folder (use binary:)", f"{masks.name}/{mask_path.name}")
+            continue
         void = ids == 255
         values = [int(v) for v in np.unique(ids) if v not in (0, 255)]
         yield InstanceExample(
@@ -258,16 +417,15 @@ def read_binary_folder(
     prefix: str = "binary",
     mask_suffixes: tuple[str, ...] = ("",),
     components: bool = False,
+    skipped: SkipCounter | None = None,
 ) -> Iterator[InstanceExample]:
     """Images with figure-ground masks (grey > 128 is the object; RGB masks are converted to grey first, masks
     of another size are resized to the image, nearest neighbour). With `components`, a mask of several
     separate objects (DUTS often puts several salient things in one mask) becomes one instance per connected
-    component (`split_components`)."""
-    for image_path in _image_files(images):
-        mask_path = _mask_for(masks, image_path.stem, mask_suffixes)
-        if mask_path is None:
-            yield InstanceExample(f"{prefix}/{image_path.stem}", image_path, [])
-            continue
+    component (`split_components`). Images without a mask and masks without an image are counted in
+    `skipped`."""
+    skipped = skipped if skipped is not None else SkipCounter()
+    for image_path, mask_path in _paired_masks(images, masks, mask_suffixes, skipped):
         with Image.open(mask_path) as mask_image:
             grey = mask_image.convert("L")
             size = _image_size(image_path)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from .instances import (
     InstanceExample,
+    SkipCounter,
+    load_instance_dataset,
     read_benchmark,
     read_binary_folder,
     read_clothing,
@@ -48,11 +50,8 @@ SOURCE_KINDS = (
 )
 
 
-def _load_saved(path: Path):
-    import datasets
-
-    loaded = datasets.load_from_disk(str(path))
-    return loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded
+def _load_saved(path: Path, spec: str):
+    return load_instance_dataset(str(path), argument=f"source {spec!r}:")
 
 
 def _count(spec: str, text: str) -> int:
@@ -65,7 +64,7 @@ def _count(spec: str, text: str) -> int:
     return value
 
 
-def read_source(spec: str) -> Iterator[InstanceExample]:
+def read_source(spec: str, skipped: SkipCounter | None = None) -> Iterator[InstanceExample]:
     """Examples from a source spec `KIND:PATH[:PATH]` (see the module docstring):
 
     - `yolo:ROOT[:SPLIT]`, `folder:IMAGES:MASKS`, `binary:IMAGES:MASKS`, `binary-components:IMAGES:MASKS`,
@@ -74,6 +73,9 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
       `composite:OBJECTS:BACKGROUNDS:COUNT[:SEED]` copy-paste composites from two saved datasets of this schema,
       `regions:PHOTOS:COUNT[:SEED[:KIND]]` regions of the photos of a saved dataset as the targets, anywhere
       (`free`, the default) or only beside the photo's own objects, which stay targets whole (`background`).
+
+    Files the readers of `yolo`, `folder`, `binary` and `binary-components` pass over (an image without its
+    annotation, an annotation without its image) are counted by name in `skipped`.
     """
     kind, _, rest = spec.partition(":")
     parts = [p for p in rest.split(":") if p]
@@ -104,20 +106,22 @@ def read_source(spec: str) -> Iterator[InstanceExample]:
             raise FileNotFoundError(f"source {spec!r}: {path} does not exist")
     if kind == "composite":
         seed = int(parts[3]) if len(parts) > 3 else 0
-        return copy_paste_composites(_load_saved(paths[0]), _load_saved(paths[1]), _count(spec, parts[2]), seed)
+        return copy_paste_composites(
+            _load_saved(paths[0], spec), _load_saved(paths[1], spec), _count(spec, parts[2]), seed
+        )
     if kind == "regions":
         seed = int(parts[2]) if len(parts) > 2 else 0
         region_kind = parts[3] if len(parts) > 3 else "free"
         if region_kind not in REGION_KINDS:
             raise ValueError(f"source {spec!r}: the regions kind must be one of {REGION_KINDS}, got {region_kind!r}")
-        return photo_regions(_load_saved(paths[0]), _count(spec, parts[1]), seed, kind=region_kind)
+        return photo_regions(_load_saved(paths[0], spec), _count(spec, parts[1]), seed, kind=region_kind)
     if kind == "yolo":
-        return read_yolo(paths[0], *(parts[1:] or []), prefix=paths[0].name)
+        return read_yolo(paths[0], *(parts[1:] or []), prefix=paths[0].name, skipped=skipped)
     if kind == "folder":
-        return read_id_folder(paths[0], paths[1], prefix=paths[0].parent.name)
+        return read_id_folder(paths[0], paths[1], prefix=paths[0].parent.name, skipped=skipped)
     if kind in ("binary", "binary-components"):
         return read_binary_folder(
-            paths[0], paths[1], prefix=paths[0].parent.name, components=kind == "binary-components"
+            paths[0], paths[1], prefix=paths[0].parent.name, components=kind == "binary-components", skipped=skipped
         )
     if kind == "clothing":
         return read_clothing(paths[0])

@@ -7,14 +7,16 @@ from .click_simulation import corrective_clicks, initial_clicks
 from .data import DynamiteTrainingDataset, TrainingOrder, collate
 from .loss import deep_supervision_loss, mask_losses
 from .module import DynamiteForInteractiveTraining, multistep_schedule, parameter_groups
-from .trainer import DynamiteTrainingArguments, train
+from .trainer import DynamiteTrainingArguments, TrainingInterrupted, TrainingSetupError, train
 
 __all__ = [
     "AugmentedSample",
     "DynamiteForInteractiveTraining",
     "DynamiteTrainingArguments",
     "DynamiteTrainingDataset",
+    "TrainingInterrupted",
     "TrainingOrder",
+    "TrainingSetupError",
     "augment",
     "collate",
     "corrective_clicks",

@@ -170,18 +170,31 @@ class DynamiteTrainingDataset(torch.utils.data.Dataset):
 
 
 class TrainingOrder(torch.utils.data.Sampler):
-    """Batches of global sample positions for one process, from micro-step `start` on, without end."""
+    """Batches of global sample positions for one process, from micro-step `start` on, without end.
 
-    def __init__(self, batch_size: int, process_index: int, num_processes: int, start: int = 0) -> None:
+    `first_position` is the first position micro-step `start` reads (default `start * num_processes *
+    batch_size`, the uninterrupted run's); a run resumed with another process count or batch size gives the
+    number of samples the saved run had consumed, so the stream continues where it stopped."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        process_index: int,
+        num_processes: int,
+        start: int = 0,
+        first_position: int | None = None,
+    ) -> None:
         self.batch_size, self.process_index, self.num_processes, self.start = (
             batch_size,
             process_index,
             num_processes,
             start,
         )
+        self.first_position = start * num_processes * batch_size if first_position is None else first_position
 
     def positions(self, micro_step: int) -> list[int]:
-        first = (micro_step * self.num_processes + self.process_index) * self.batch_size
+        offset = ((micro_step - self.start) * self.num_processes + self.process_index) * self.batch_size
+        first = self.first_position + offset
         return list(range(first, first + self.batch_size))
 
     def __iter__(self) -> Iterator[list[int]]:

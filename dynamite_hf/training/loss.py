@@ -89,10 +89,11 @@ def mask_losses(
             sampled ones (the clicks: `click_disk_points`); None for the paper's sampling alone.
         extra_weight: the weight of each extra point against one sampled point.
     """
-    logits = torch.cat(list(predictions))[:, None]
-    labels = torch.cat(list(targets))[:, None].to(logits.dtype)
+    # Float32 whatever the predictions' precision: the original's point sampling and BCE autocast to float32.
+    logits = torch.cat(list(predictions)).float()[:, None]
+    labels = torch.cat(list(targets))[:, None].float()
     with torch.no_grad():
-        coords = uncertain_points(logits.float(), num_points, oversample_ratio, importance_ratio, generator)
+        coords = uncertain_points(logits, num_points, oversample_ratio, importance_ratio, generator)
         weights = torch.ones(coords.shape[:2], device=logits.device)
         if extra_points is not None:
             # Pad every image's points to one count; padded slots carry weight 0.
@@ -108,7 +109,7 @@ def mask_losses(
             coords = torch.cat((coords, extra), 1)
             weights = torch.cat((weights, extra_weights), 1)
         point_labels = point_sample(labels, coords)[:, 0]
-    point_logits = point_sample(logits, coords.to(logits.dtype))[:, 0]
+    point_logits = point_sample(logits, coords)[:, 0]
     point_bce = F.binary_cross_entropy_with_logits(point_logits, point_labels, reduction="none")
     bce = ((point_bce * weights).sum(1) / weights.sum(1)).sum() / num_masks
     probabilities = point_logits.sigmoid() * weights
@@ -134,7 +135,7 @@ def deep_supervision_loss(
     """Weighted BCE + Dice on the final prediction and each auxiliary one given; returns the total and the
     per-term values (final prediction's BCE / Dice and the auxiliary sum) for logging. `extra_points`: see
     `mask_losses`."""
-    total = pred_masks.new_zeros(())
+    total = pred_masks.new_zeros((), dtype=torch.float32)
     logged = {}
     for name, query_logits in [("final", pred_masks)] + [(f"aux_{i}", a) for i, a in enumerate(aux_pred_masks)]:
         predictions = [group_logits(query_logits[i], labels) for i, labels in enumerate(query_labels)]

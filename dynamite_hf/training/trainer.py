@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -27,11 +26,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.instances import is_hub_id, load_instance_dataset
 from ..models.dynamite.configuration_dynamite import DynamiteConfig
 from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
 from ..models.dynamite.modeling_dynamite import DynamiteModel
+from .checkpoints import (
+    TRACKER_PROJECT,
+    check_output_dir,
+    clear_run_outputs,
+    describe_batch_change,
+    resolve_resume,
+    save_checkpoint,
+)
 from .data import DynamiteTrainingDataset, TrainingOrder, collate
 from .imagenet import load_imagenet_backbone
+from .launch import (
+    INTERRUPTED_EXIT_CODE,
+    StopRequest,
+    check_launched_processes,
+    describe_run,
+    ignore_interrupts_in_worker,
+    precision_source,
+    resume_command,
+)
 from .loss import click_disk_points, deep_supervision_loss
 from .module import DynamiteForInteractiveTraining, multistep_schedule, parameter_groups, supervised_aux_count
 
@@ -92,12 +109,26 @@ class DynamiteTrainingArguments:
             "help": "also supervise every pixel within this radius of each click (-1: only the paper's sampled points)"
         },
     )
-    mixed_precision: str = field(default="no", metadata={"help": "no, fp16 (GPU) or bf16"})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no, bf16 (CPU or GPU) or fp16 (GPU); default: what `accelerate launch --mixed_precision` or "
+            "`accelerate config` set, else no. The pixel decoder and the loss stay in float32, as in the original"
+        },
+    )
     seed: int = field(default=ORIGINAL_SEED)
     num_workers: int = field(default=0, metadata={"help": "dataloader worker processes per process"})
-    checkpoint_every: int = field(default=1000, metadata={"help": "save_state every N steps (0: only at the end)"})
-    checkpoints_total_limit: int = field(default=3)
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder, or 'latest'"})
+    checkpoint_every: int = field(
+        default=1000, metadata={"help": "save_state every N steps, and always at the end (0: only at the end)"}
+    )
+    checkpoints_total_limit: int = field(default=3, metadata={"help": "checkpoints kept, the newest (0: all)"})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "a checkpoints/step_N folder, or 'latest' (the newest in --output-dir)"}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "start afresh in an --output-dir an earlier run wrote, deleting its checkpoints and model"},
+    )
     log_every: int = field(default=10)
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker(s), comma-separated, or none"})
     eval_every: int = field(default=0, metadata={"help": "evaluate NoC every N steps on the main process (0: never)"})
@@ -122,17 +153,84 @@ class DynamiteTrainingArguments:
         return [int(round(v * self.max_steps)) if v < 1 else int(v) for v in values]
 
     def check(self) -> None:
+        """Every argument against what it accepts, before anything is built (ValueError naming the flag)."""
+
+        def flag(name: str) -> str:
+            return "--" + name.replace("_", "-")
+
+        if not self.dataset:
+            raise ValueError("--dataset needs at least one dataset folder or Hub id")
         if self.init not in ("imagenet", "scratch"):
             raise ValueError(f"--init must be 'imagenet' or 'scratch', got {self.init!r}")
-        for name in ("crop_size", "batch_size", "gradient_accumulation_steps", "max_steps", "num_points"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        at_least = {
+            "crop_size": 32,
+            "batch_size": 1,
+            "gradient_accumulation_steps": 1,
+            "max_steps": 1,
+            "num_points": 1,
+            "max_instances": 1,
+            "log_every": 1,
+            "eval_limit": 1,
+            "min_area": 0,
+            "max_num_interactions": 0,
+            "warmup_steps": 0,
+            "num_workers": 0,
+            "checkpoint_every": 0,
+            "checkpoints_total_limit": 0,
+            "eval_every": 0,
+            "click_loss_radius": -1,
+            "weight_decay": 0,
+            "backbone_lr_multiplier": 0,
+            "clip_grad_norm": 0,
+            "warmup_factor": 0,
+            "click_loss_weight": 0,
+        }
+        for name, minimum in at_least.items():
+            if getattr(self, name) < minimum:
+                raise ValueError(f"{flag(name)} must be at least {minimum}, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_scale", "lr_gamma", "collective_timeout"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{flag(name)} must be a positive number, got {value}")
+        if self.max_scale < self.min_scale:
+            raise ValueError(f"--max-scale must be at least --min-scale ({self.min_scale}), got {self.max_scale}")
         if self.crop_size % 32:
             raise ValueError(f"--crop-size must be a multiple of 32, got {self.crop_size}")
+        try:
+            milestones = self.milestones()
+        except ValueError:
+            raise ValueError(
+                f"--lr-milestones must be comma-separated numbers (fractions of --max-steps, or steps), got "
+                f"{self.lr_milestones!r}"
+            ) from None
+        if any(m < 0 for m in milestones):
+            raise ValueError(f"--lr-milestones must not be negative, got {self.lr_milestones!r}")
+        overrides = parse_overrides(self.config_overrides)
+        if not self.from_pretrained:
+            if self.init == "imagenet" and self.preset != "mobilenet_v2":
+                raise ValueError(
+                    f"--init imagenet needs --preset mobilenet_v2 (the only backbone whose ImageNet weights install "
+                    f"offline), got --preset {self.preset}: use --init scratch or --from-pretrained"
+                )
+            try:  # the config is cheap: its own checks run before the model is built
+                DynamiteConfig.from_preset(self.preset, **overrides)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"--preset {self.preset} / --config-overrides: {error}") from None
+        elif not Path(self.from_pretrained).exists() and not is_hub_id(self.from_pretrained):
+            raise ValueError(
+                f"--from-pretrained {self.from_pretrained}: no such file or folder (a save_pretrained folder, an "
+                "original .pth checkpoint, or a Hub id owner/name)"
+            )
         if self.eval_every and not self.eval_data_root:
             raise ValueError("--eval-every needs --eval-data-root (the benchmark folder to evaluate on)")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id")
+        if self.resume_from_checkpoint and self.overwrite_output_dir:
+            raise ValueError(
+                "--overwrite-output-dir deletes the checkpoints --resume-from-checkpoint would read: give one of them"
+            )
 
 
 @dataclass
@@ -142,12 +240,25 @@ class TrainingState:
     step: int = 0
     micro_step: int = 0
     skipped: dict = field(default_factory=dict)
+    # The layout that wrote it, and the samples consumed, so a resume with another layout knows what changes.
+    num_processes: int = 1
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    samples: int = 0
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.micro_step, self.skipped = state["step"], state["micro_step"], dict(state["skipped"])
+        # (checkpoints written before these fields: the current layout, as then nothing can be known to change)
+        for name in ("num_processes", "batch_size", "gradient_accumulation_steps"):
+            setattr(self, name, state.get(name, getattr(self, name)))
+        self.samples = state.get("samples", self.micro_step * self.num_processes * self.batch_size)
+
+    @property
+    def layout(self) -> tuple[int, int, int]:
+        return self.num_processes, self.batch_size, self.gradient_accumulation_steps
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -194,18 +305,16 @@ def build_processor(arguments: DynamiteTrainingArguments) -> DynamiteImageProces
     return DynamiteImageProcessor.from_preset(arguments.preset)
 
 
-def load_training_dataset(names: list[str]):
-    import datasets
+def load_training_datasets(names: list[str]) -> list[tuple[str, object]]:
+    """Each `--dataset` as (name, `datasets.Dataset`): built folders, never sent to the Hub, or Hub ids."""
+    return [(name, load_instance_dataset(name, argument="--dataset")) for name in names]
 
-    parts = []
-    for name in names:
-        path = Path(name)
-        if path.exists():
-            loaded = datasets.load_from_disk(str(path))
-            parts.append(loaded["train"] if isinstance(loaded, datasets.DatasetDict) else loaded)
-        else:
-            parts.append(datasets.load_dataset(name, split="train"))
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+def count_instances(dataset) -> int:
+    """Instances over every row (the length of each row's `areas`), read from the Arrow column."""
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.list_value_length(dataset.with_format("arrow")["areas"])).as_py() or 0)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -215,11 +324,6 @@ def weights_digest(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
-    return found[-1] if found else None
 
 
 class CollectiveTimeout(RuntimeError):
@@ -258,9 +362,27 @@ def evaluate_noc(model: DynamiteModel, processor: DynamiteImageProcessor, sample
     return {f"eval/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
+class TrainingSetupError(ValueError):
+    """The run cannot start as asked (launch, precision, output folder, checkpoint or data); nothing was built."""
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM stopped the run at a step boundary; `checkpoint` holds it, `resume` continues it."""
+
+    def __init__(self, message: str, checkpoint: Path, resume: str) -> None:
+        super().__init__(message)
+        self.checkpoint, self.resume = checkpoint, resume
+
+
 def train(arguments: DynamiteTrainingArguments) -> dict:
     """Run (or resume) training; returns the summary also written to `<output_dir>/train_summary.json`. In a
-    multi-process run every process exits at the end instead (after the outputs are written; see below)."""
+    multi-process run every process exits at the end instead (after the outputs are written; see below).
+
+    Everything that can be checked is checked before the model is built: the arguments, the process count the
+    launcher started, the precision on this device, the output folder, the checkpoint to resume and the
+    datasets. Ctrl-C (or SIGTERM) stops after the current optimiser step with a checkpoint: `TrainingInterrupted`
+    in one process, exit status 130 in several."""
+    import datasets
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs, gather_object
     from tqdm.auto import tqdm
@@ -276,19 +398,43 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         # over gloo on the CPU (Accelerate only picks MULTI_CPU when told the run is on the CPU).
         cpu=on_cpu,
         gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+        # None: what `accelerate launch` / `accelerate config` set (Accelerate's ACCELERATE_MIXED_PRECISION), as
+        # Accelerate's own example scripts take it.
         mixed_precision=arguments.mixed_precision,
         log_with=trackers or None,
         project_dir=str(output_dir),
         step_scheduler_with_optimizer=False,
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    precision_from = precision_source(arguments.mixed_precision)
+    try:
+        check_launched_processes(world)
+        if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+            raise ValueError(
+                f"mixed precision fp16 (from {precision_from}) needs a GPU: on the CPU Accelerate would train in "
+                "float32 without a word. Use bf16 on the CPU, or no"
+            )
+        resuming = arguments.resume_from_checkpoint is not None
+        check_output_dir(output_dir, resuming=resuming, overwrite=arguments.overwrite_output_dir)
+        resume_path = resolve_resume(output_dir, arguments.resume_from_checkpoint) if resuming else None
+        datasets_by_name = load_training_datasets(arguments.dataset)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        raise TrainingSetupError(str(error)) from error
+    if arguments.overwrite_output_dir:
+        accelerator.wait_for_everyone()  # every process has checked the folder before it is emptied
+        if accelerator.is_main_process:
+            removed = clear_run_outputs(output_dir)
+            if removed:
+                accelerator.print(f"--overwrite-output-dir: deleted {', '.join(removed)} from {output_dir}")
+        accelerator.wait_for_everyone()
     torch.manual_seed(arguments.seed + rank)
 
     model = build_model(arguments)
     processor = build_processor(arguments)
     # Process 0's initial weights (the ones DDP broadcasts): a re-run of the same command starts from these.
     initial_digest = weights_digest(model) if rank == 0 else None
-    dataset = load_training_dataset(arguments.dataset)
+    parts = [dataset for _, dataset in datasets_by_name]
+    dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     training_data = DynamiteTrainingDataset(
         dataset,
         arguments.crop_size,
@@ -314,22 +460,24 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         ),
     )
     module, optimizer = accelerator.prepare(module, optimizer)
-    state = TrainingState()
+    state = TrainingState(
+        num_processes=world,
+        batch_size=arguments.batch_size,
+        gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+    )
+    layout = state.layout
     accelerator.register_for_checkpointing(scheduler, state)
 
-    checkpoints = output_dir / "checkpoints"
-    if arguments.resume_from_checkpoint:
-        path = (
-            _latest_checkpoint(checkpoints)
-            if arguments.resume_from_checkpoint == "latest"
-            else Path(arguments.resume_from_checkpoint)
-        )
-        if path is None or not path.is_dir():
-            raise FileNotFoundError(f"--resume-from-checkpoint: no checkpoint at {arguments.resume_from_checkpoint!r}")
-        accelerator.load_state(str(path))
-        accelerator.print(f"resumed from {path} at step {state.step}")
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        accelerator.print(f"resumed from {resume_path} at step {state.step}")
+        change = describe_batch_change(state.layout, layout, state.step, arguments.max_steps, state.samples)
+        if change:
+            accelerator.print(f"warning: --resume-from-checkpoint: {change}", file=sys.stderr)
+        state.num_processes, state.batch_size, state.gradient_accumulation_steps = layout
+    start_step = state.step
     if trackers:
-        accelerator.init_trackers("dynamite", config={k: str(v) for k, v in asdict(arguments).items()})
+        accelerator.init_trackers(TRACKER_PROJECT, config={k: str(v) for k, v in asdict(arguments).items()})
 
     eval_samples = None
     if arguments.eval_every and accelerator.is_main_process:
@@ -337,20 +485,52 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
 
         eval_samples = read_dataset(arguments.eval_dataset, arguments.eval_data_root)[: arguments.eval_limit]
 
-    order = TrainingOrder(arguments.batch_size, rank, world, start=state.micro_step)
+    order = TrainingOrder(arguments.batch_size, rank, world, start=state.micro_step, first_position=state.samples)
     loader = torch.utils.data.DataLoader(
-        training_data, batch_sampler=order, collate_fn=collate, num_workers=arguments.num_workers
+        training_data,
+        batch_sampler=order,
+        collate_fn=collate,
+        num_workers=arguments.num_workers,
+        worker_init_fn=ignore_interrupts_in_worker,
     )
     aux_count = supervised_aux_count(model)
     unwrapped = accelerator.unwrap_model(module)
     skipped = Counter(state.skipped)
+
+    with collective_failures_named(rank, world, state, arguments.collective_timeout):
+        devices = gather_object([str(accelerator.device)])
+    parameters = sum(p.numel() for p in model.parameters())
+    accelerator.print(
+        describe_run(
+            num_processes=world,
+            distributed_type=str(accelerator.distributed_type).split(".")[-1],
+            devices=devices,
+            threads=torch.get_num_threads(),
+            mixed_precision=accelerator.mixed_precision,
+            precision_from=precision_from,
+            batch_size=arguments.batch_size,
+            gradient_accumulation_steps=arguments.gradient_accumulation_steps,
+            start_step=start_step,
+            max_steps=arguments.max_steps,
+            milestones=milestones,
+            learning_rate=arguments.learning_rate,
+            crop_size=arguments.crop_size,
+            model=f"{model_origin(arguments)}, {parameters / 1e6:.1f} M parameters",
+            datasets=[(name, len(part), count_instances(part)) for name, part in datasets_by_name],
+            output_dir=str(output_dir),
+            checkpoint_every=arguments.checkpoint_every,
+            checkpoints_total_limit=arguments.checkpoints_total_limit,
+        )
+    )
     progress = tqdm(
         total=arguments.max_steps, initial=state.step, desc="training", disable=not accelerator.is_local_main_process
     )
     samples_done, timed_seconds, timed_from = 0, 0.0, None
     running: dict[str, float] = {}
     last_logs: dict[str, float] = {}
-    with collective_failures_named(rank, world, state, arguments.collective_timeout):
+    saved_at = None
+    stop = StopRequest(announce=accelerator.is_main_process)
+    with collective_failures_named(rank, world, state, arguments.collective_timeout), stop.installed():
         batches = iter(loader)
         while state.step < arguments.max_steps:
             batch = next(batches)
@@ -369,6 +549,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                         rng,
                         aux_count,
                     )
+                # The loss outside autocast, in float32 (deep_supervision_loss casts), as the original's loss
+                # ran: its point sampling (grid_sample) and BCE autocast to float32.
                 targets = []
                 for instance_map, padding in zip(batch.instance_maps, batch.padding_masks, strict=True):
                     count = int(instance_map.max())
@@ -387,8 +569,8 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                     extra_points = [click_disk_points(c, size, arguments.click_loss_radius) for c in outputs.clicks]
                     extra_weight = arguments.click_loss_weight
                 loss, logs = deep_supervision_loss(
-                    outputs.pred_masks.float(),
-                    [a.float() for a in outputs.aux_pred_masks],
+                    outputs.pred_masks,
+                    outputs.aux_pred_masks,
                     outputs.query_labels,
                     [t.float() for t in targets],
                     num_masks,
@@ -409,6 +591,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             state.micro_step += 1
+            state.samples += arguments.batch_size * world
             for key, value in logs.items():
                 running[key] = running.get(key, 0.0) + value
             running["count"] = running.get("count", 0.0) + 1
@@ -441,15 +624,34 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
                     unwrapped.train()
                 accelerator.wait_for_everyone()
             if arguments.checkpoint_every and state.step % arguments.checkpoint_every == 0:
-                _save_checkpoint(
-                    accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config, processor
+                save_checkpoint(
+                    accelerator, output_dir, state.step, arguments.checkpoints_total_limit, model.config, processor
                 )
-    progress.close()
-    # (decided from the step, never from the file system, so every process takes part in the same collectives)
-    if arguments.checkpoint_every and state.step % arguments.checkpoint_every:
-        _save_checkpoint(
-            accelerator, checkpoints, state.step, arguments.checkpoints_total_limit, model.config, processor
+                saved_at = state.step
+            # Every process learns of a stop request at the same step (one all-reduce), so all save together.
+            if stop.requested:
+                accelerator.set_trigger()
+            if accelerator.check_trigger():
+                break
+        progress.close()
+        # (decided from the step, never from the file system, so every process takes part in the same collectives)
+        if state.step > start_step and saved_at != state.step:
+            save_checkpoint(
+                accelerator, output_dir, state.step, arguments.checkpoints_total_limit, model.config, processor
+            )
+    checkpoint = output_dir / "checkpoints" / f"step_{state.step}"
+    if state.step < arguments.max_steps:
+        command = resume_command(world)
+        cause = f" ({stop.signal_name})" if stop.signal_name else ""
+        message = (
+            f"stopped at step {state.step} of {arguments.max_steps}{cause}; checkpoint: {checkpoint}\n"
+            f"Resume with:\n  {command}"
         )
+        accelerator.print(message)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            _leave_together(accelerator, rank, world, state, arguments.collective_timeout, INTERRUPTED_EXIT_CODE)
+        accelerator.end_training()
+        raise TrainingInterrupted(message, checkpoint, command)
 
     with collective_failures_named(rank, world, state, arguments.collective_timeout):
         digests = gather_object([weights_digest(unwrapped.model)])
@@ -458,6 +660,7 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         "micro_steps": state.micro_step,
         "samples_per_second": samples_done / timed_seconds if timed_seconds else None,
         "num_processes": world,
+        "mixed_precision": accelerator.mixed_precision,
         "crop_size": arguments.crop_size,
         "skipped_rows": dict(skipped),
         "initial_weight_digest": initial_digest,
@@ -474,20 +677,35 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if arguments.push_to_hub:
             unwrapped.model.push_to_hub(arguments.hub_model_id)
+        accelerator.print(f"model: {output_dir}; last checkpoint: {checkpoint}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every output is written. Accelerate's end_training() tears the process group down, but the DDP wrapper's
-        # reducer still holds it, and freeing that (when train() returns) ran gloo's destructor after the other
-        # process had gone: it hung now and then (about 1 two-process run in 8 here, and once in CI). So the
-        # processes leave together and exit without running it.
-        with collective_failures_named(rank, world, state, arguments.collective_timeout):
-            accelerator.wait_for_everyone()
-        accelerator.end_training()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        logging.shutdown()
-        os._exit(0)
+        _leave_together(accelerator, rank, world, state, arguments.collective_timeout, 0)
     accelerator.end_training()
     return summary
+
+
+def _leave_together(accelerator, rank: int, world: int, state: TrainingState, timeout: float, status: int) -> None:
+    """End every process of a multi-process run with `status`, once all outputs are written.
+
+    Accelerate's end_training() tears the process group down, but the DDP wrapper's reducer still holds it, and
+    freeing that (when train() returns) ran gloo's destructor after the other process had gone: it hung now and
+    then (about 1 two-process run in 8 here, and once in CI). So the processes leave together and exit without
+    running it."""
+    with collective_failures_named(rank, world, state, timeout):
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
+def model_origin(arguments: DynamiteTrainingArguments) -> str:
+    """Where the model starts, in words, for the plan."""
+    if arguments.from_pretrained:
+        return f"from {arguments.from_pretrained}"
+    start = "ImageNet backbone" if arguments.init == "imagenet" else "from scratch"
+    return f"preset {arguments.preset}, {start}"
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source: str | Path | None = None) -> Path:
@@ -518,23 +736,3 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source:
 def _preset_of(config: DynamiteConfig) -> str:
     """The preset whose processor fits `config` (the CPU preset's for MobileNetV2, else the original's)."""
     return "mobilenet_v2" if config.backbone_type == "mobilenet_v2" else "resnet50"
-
-
-def _save_checkpoint(
-    accelerator,
-    folder: Path,
-    step: int,
-    total_limit: int,
-    config: DynamiteConfig,
-    processor: DynamiteImageProcessor,
-) -> None:
-    path = folder / f"step_{step}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        # So that scripts/export_checkpoint.py can turn the checkpoint into a model on its own.
-        config.to_json_file(path / "config.json")
-        processor.save_pretrained(path)
-    if accelerator.is_main_process and total_limit > 0:
-        for old in sorted(folder.glob("step_*"), key=lambda p: int(p.name.split("_")[1]))[:-total_limit]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
