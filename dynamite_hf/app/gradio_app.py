@@ -171,8 +171,13 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         with session.turn(first, last) as warnings:
             before = _snapshot(session)
             messages, files = app.apply(session, batch)
-            looked = any(action.get("kind") == "look" for action in batch)
-            return view(session, [*warnings, *messages], before, files, look_sent=looked)
+            # A view setting that was clamped or refused is sent back, so its box shows the value in force; others
+            # are not (a slider being dragged would jump back to where an earlier answer left it).
+            corrected = any(
+                action.get("kind") == "look" and message.startswith("⚠️")
+                for action, message in zip(batch, messages, strict=True)
+            )
+            return view(session, [*warnings, *messages], before, files, look_sent=corrected)
 
     def on_upload(session: AnnotationSession, paths, sequence):
         if not paths:  # the box emptied after the previous upload: nothing to do, but its turn is taken
