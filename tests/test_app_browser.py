@@ -68,7 +68,9 @@ def open_page(browser, url: str):
     """A new page (a new session) once the app's page script has loaded (Gradio adds it to the <head> itself)."""
     page = browser.new_page(viewport=VIEWPORT)
     page.goto(url)
-    page.wait_for_function("() => window.dynamite", timeout=TIMEOUT_MS)
+    page.locator("#upload").wait_for(timeout=TIMEOUT_MS)
+    # (A page without the script, e61fff6's, goes on at once: the fast test runs there too, and fails.)
+    page.wait_for_function("() => window.dynamite || !document.querySelector('#apply')", timeout=TIMEOUT_MS)
     return page
 
 
