@@ -17,9 +17,8 @@ import gradio as gr
 
 from .. import export
 from ..models.dynamite.modeling_dynamite import DynamiteModel
-from .annotator import LOOK_RANGES, MAX_EXPORTS_KEPT, DynamiteApp  # noqa: F401  (MAX_EXPORTS_KEPT: re-exported)
-from .session import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS, AnnotationSession  # noqa: F401
-from .uploads import MAX_SIDE, MIN_SIDE  # noqa: F401  (re-exported for callers of the old single module)
+from .annotator import LOOK_RANGES, DynamiteApp
+from .session import AnnotationSession
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = [
