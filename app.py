@@ -11,13 +11,9 @@ import argparse
 import os
 import signal
 
-from dynamite_hf.app.gradio_app import (
-    DEFAULT_MAX_CACHE_MB,
-    DEFAULT_MAX_SESSIONS,
-    DynamiteApp,
-    build_demo,
-    load_app_model,
-)
+from dynamite_hf.app.annotator import DynamiteApp
+from dynamite_hf.app.gradio_app import build_demo, launch, load_app_model
+from dynamite_hf.app.session import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS
 from dynamite_hf.inference.runtime import tune_cpu_allocator
 
 
@@ -30,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         "--max-sessions",
         type=int,
         default=int(os.environ.get("DYNAMITE_MAX_SESSIONS", DEFAULT_MAX_SESSIONS)),
-        help="sessions whose image features stay cached (least recently used evicted first)",
+        help="images whose features stay cached, about one per session at work (least recently used evicted first)",
     )
     parser.add_argument(
         "--max-cache-mb",
@@ -56,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does: Gradio closes its server
     # and the interpreter exits normally, removing the app's export folder instead of leaving it behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.queue(default_concurrency_limit=4).launch(server_name=args.host, server_port=args.port)
+    launch(demo, server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ INSTANCE_COLORS = np.array(
 RIM_COLOR = (255, 255, 255)  # on each mask's edge pixels
 HALO_COLOR = (0, 0, 0)  # just outside each mask: white or black reads on any photo
 BACKGROUND_CLICK_COLOR = (255, 0, 0)
+MARKER_OUTER_RING = (0, 0, 0)  # click markers: black around white around the click's colour
+MARKER_INNER_RING = (255, 255, 255)
 
 
 def instance_color(instance: int) -> tuple[int, int, int]:
@@ -98,13 +100,19 @@ def save_palette_label_map(label_map: np.ndarray, path: str | Path) -> Path:
 
 
 def save_instance_masks(
-    label_map: np.ndarray, directory: str | Path, prefix: str = "instance", num_instances: int | None = None
+    label_map: np.ndarray,
+    directory: str | Path,
+    prefix: str = "instance",
+    num_instances: int | None = None,
+    first_number: int = 0,
 ) -> list[Path]:
     """One 0/255 PNG per instance: `<prefix>_000.png` for instance 0, and so on.
 
     Args:
         num_instances: how many instances were clicked (default: the largest id in `label_map`). Every one gets
             its file, an all-zero one when its mask came out empty.
+        first_number: the number in the first instance's file name; 1 names each file by its label-map value
+            (`instance_001.png` for the pixels of value 1), as the app numbers instances on screen.
     """
     label_map = _check_label_map(label_map)
     num_instances = _instance_count(label_map, num_instances)
@@ -112,7 +120,7 @@ def save_instance_masks(
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for instance in range(num_instances):
-        path = directory / f"{prefix}_{instance:03d}.png"
+        path = directory / f"{prefix}_{instance + first_number:03d}.png"
         Image.fromarray(((label_map == instance + 1) * 255).astype(np.uint8)).save(path)
         paths.append(path)
     return paths
@@ -145,6 +153,52 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[list[floa
     return polygons
 
 
+def coco_annotations(
+    label_map: np.ndarray,
+    image_id: int,
+    first_id: int = 1,
+    segmentation: str = "rle",
+    num_instances: int | None = None,
+    category_ids: Sequence[int] | None = None,
+    first_instance_number: int = 0,
+) -> list[dict[str, Any]]:
+    """COCO annotations of one image's instances, with ids `first_id, first_id + 1, ...`.
+
+    Args:
+        segmentation: `"rle"` (exact) or `"polygon"` (outer contours).
+        num_instances: how many instances were clicked (default: the largest id in `label_map`). Every one gets
+            an annotation; an empty mask gives area 0, bbox `[0, 0, 0, 0]` and an empty segmentation.
+        category_ids: each instance's category id (default: 1 for all).
+        first_instance_number: the `"instance"` number of the first instance (1: its label-map value).
+    """
+    if segmentation not in ("rle", "polygon"):
+        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
+    from pycocotools import mask as mask_utils
+
+    label_map = _check_label_map(label_map)
+    num_instances = _instance_count(label_map, num_instances)
+    if category_ids is not None and len(category_ids) != num_instances:
+        raise ValueError(f"category_ids must give one id per instance ({num_instances}), got {len(category_ids)}")
+    annotations = []
+    for instance in range(num_instances):
+        mask = label_map == instance + 1
+        rle = mask_to_rle(mask)
+        encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+        annotations.append(
+            {
+                "id": first_id + instance,
+                "image_id": image_id,
+                "category_id": 1 if category_ids is None else int(category_ids[instance]),
+                "instance": instance + first_instance_number,
+                "segmentation": rle if segmentation == "rle" else mask_to_polygons(mask),
+                "area": float(mask_utils.area(encoded)),
+                "bbox": [float(v) for v in mask_utils.toBbox(encoded)],
+                "iscrowd": 0,
+            }
+        )
+    return annotations
+
+
 def to_coco(
     label_map: np.ndarray,
     file_name: str = "image.png",
@@ -153,40 +207,18 @@ def to_coco(
     category_name: str = "object",
     num_instances: int | None = None,
 ) -> dict[str, Any]:
-    """A COCO-style dataset dict for one image: one annotation per instance.
+    """A COCO-style dataset dict for one image: one annotation per instance (`coco_annotations`), one category.
 
     Args:
         segmentation: `"rle"` (exact) or `"polygon"` (outer contours).
         num_instances: how many instances were clicked (default: the largest id in `label_map`). Every one gets
             an annotation; an empty mask gives area 0, bbox `[0, 0, 0, 0]` and an empty segmentation.
     """
-    if segmentation not in ("rle", "polygon"):
-        raise ValueError(f"segmentation must be 'rle' or 'polygon', got {segmentation!r}")
-    from pycocotools import mask as mask_utils
-
     label_map = _check_label_map(label_map)
-    num_instances = _instance_count(label_map, num_instances)
     height, width = label_map.shape
-    annotations = []
-    for instance in range(num_instances):
-        mask = label_map == instance + 1
-        rle = mask_to_rle(mask)
-        encoded = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-        annotations.append(
-            {
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": 1,
-                "instance": instance,
-                "segmentation": rle if segmentation == "rle" else mask_to_polygons(mask),
-                "area": float(mask_utils.area(encoded)),
-                "bbox": [float(v) for v in mask_utils.toBbox(encoded)],
-                "iscrowd": 0,
-            }
-        )
     return {
         "images": [{"id": image_id, "file_name": file_name, "height": height, "width": width}],
-        "annotations": annotations,
+        "annotations": coco_annotations(label_map, image_id, segmentation=segmentation, num_instances=num_instances),
         "categories": [{"id": 1, "name": category_name}],
     }
 
@@ -210,8 +242,9 @@ def render_overlay(
     """The image with instances blended in their colours, outlined, and the clicks marked, `(H, W, 3)` uint8.
 
     Every mask gets a white rim on its edge pixels and a black line just outside, so its outline reads on any
-    photo; the `selected` instance (0-based) gets a 2 px rim. Positive clicks are discs in their instance's
-    colour with a white rim; background clicks are red discs with a black rim. `masks_only` draws the coloured
+    photo; the `selected` instance (0-based) gets a 2 px rim. Clicks are discs of radius `click_radius` in their
+    instance's colour (background clicks red) inside a white ring inside a black ring, each 1 px, so that a
+    marker stands out on any photo and any mask colour. `masks_only` draws the coloured
     label map alone (no photo). Click coordinates are read in the image's frame (`row, col`).
     """
     import cv2
@@ -250,7 +283,9 @@ def render_overlay(
     draw = ImageDraw.Draw(canvas)
     for click in clicks:
         fill = BACKGROUND_CLICK_COLOR if click.instance is None else instance_color(click.instance)
-        outline = (0, 0, 0) if click.instance is None else (255, 255, 255)
-        r = click_radius
-        draw.ellipse((click.col - r, click.row - r, click.col + r, click.row + r), fill=fill, outline=outline)
+        # A black ring around a white one around the fill: one of the two rings stands out on any photo and on
+        # any mask colour, the instance's own included.
+        for extra, color in ((2, MARKER_OUTER_RING), (1, MARKER_INNER_RING), (0, fill)):
+            r = click_radius + extra
+            draw.ellipse((click.col - r, click.row - r, click.col + r, click.row + r), fill=color)
     return np.asarray(canvas)

@@ -42,7 +42,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from app_server import app_process  # noqa: E402
 
-LOOK = (0.5, 3, False)  # alpha, click radius, masks only
+# Versions of the app before issue 41 took the view settings (alpha, click radius, masks only) with every action
+# and one file per upload; the clients below speak both, so that one script times an older version against this
+# one on the same clicks.
+LEGACY_LOOK = (0.5, 3, False)
 
 
 def percentile_95(times: list[float]) -> float:
@@ -60,6 +63,8 @@ class BrowserProtocolClient:
         self.session_hash = uuid.uuid4().hex
         config = self.http.get(f"{self.url}/config").raise_for_status().json()
         self.functions = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+        click = next(d for d in config["dependencies"] if d.get("api_name") == "click")
+        self.look = LEGACY_LOOK if len(click["inputs"]) == 7 else ()  # state, row, col, background (+ look)
 
     def upload(self, path: Path) -> dict[str, Any]:
         """Send a file to the server, as the upload box does; the `FileData` to pass as an input."""
@@ -86,6 +91,18 @@ class BrowserProtocolClient:
                     return message["output"]["data"]
         raise RuntimeError(f"the event stream closed before {api_name} completed")
 
+    def upload_image(self, path: Path) -> list[Any]:
+        """Upload the image at `path` as the page does; the upload event's outputs."""
+        file_data = self.upload(path)
+        return self.call("upload", None, *([file_data, *self.look] if self.look else [[file_data]]))
+
+    def click(self, row: float, col: float, background: bool) -> list[Any]:
+        """A click at `(row, col)` in the image's pixels; the outputs (session, overlay, status, ...)."""
+        return self.call("click", None, row, col, background, *self.look)
+
+    def add_instance(self) -> list[Any]:
+        return self.call("add_instance", None, *self.look)
+
     def fetch(self, file_data: dict[str, Any]) -> bytes:
         """The bytes of an output file, as the page's `<img>` loads them."""
         return self.http.get(file_data["url"]).raise_for_status().content
@@ -101,28 +118,32 @@ def run_session(
     rng = np.random.default_rng(seed)
     if client == "browser":
         session = BrowserProtocolClient(url)
-        session.call("upload", None, session.upload(photo), *LOOK)
+        session.upload_image(photo)
 
         def click(row: float, col: float, background: bool) -> int:
-            _, overlay, message, *_ = session.call("click", None, row, col, background, *LOOK)
+            _, overlay, message, *_ = session.click(row, col, background)
             assert overlay and message.startswith("Click on"), message
             return len(session.fetch(overlay))
 
-        def add_instance() -> None:
-            session.call("add_instance", None, *LOOK)
+        add_instance = session.add_instance
     else:
         from gradio_client import Client, handle_file
 
         session = Client(url, verbose=False)
-        session.predict(handle_file(str(photo)), *LOOK, api_name="/upload")
+        parameters = session.view_api(print_info=False, return_format="dict")["named_endpoints"]["/click"]["parameters"]
+        look = LEGACY_LOOK if len(parameters) == 6 else ()
+        if look:
+            session.predict(handle_file(str(photo)), *look, api_name="/upload")
+        else:
+            session.predict([handle_file(str(photo))], api_name="/upload")
 
         def click(row: float, col: float, background: bool) -> int:
-            overlay, message, *_ = session.predict(row, col, background, *LOOK, api_name="/click")
+            overlay, message, *_ = session.predict(row, col, background, *look, api_name="/click")
             assert overlay and Path(overlay).is_file() and message.startswith("Click on"), message
             return Path(overlay).stat().st_size
 
         def add_instance() -> None:
-            session.predict(*LOOK, api_name="/add_instance")
+            session.predict(*look, api_name="/add_instance")
 
     start_together.wait()
     times = []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from app_server import running_app
-from test_app import LOOK, write_image
+from test_app import write_image
 from test_app_browser import CHROMIUM
 from tiny import tiny_model
 
@@ -27,30 +27,34 @@ def model_dir(tmp_path_factory):
     return folder
 
 
-def test_browser_protocol_client_gets_what_gradio_client_gets(model_dir, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def server(model_dir):
+    with running_app(model_dir) as url:
+        yield url
+
+
+def test_browser_protocol_client_gets_what_gradio_client_gets(server, tmp_path) -> None:
     """The same session through the page's requests and through gradio_client: the same messages and the
     byte-identical overlays, so the default client times the app's real work."""
     image = Path(write_image(tmp_path, 3))
     clicks = [(20.0, 30.0, False), (40.0, 10.0, True), (35.0, 70.0, False)]
-    with running_app(model_dir) as url:
-        page = benchmark_app.BrowserProtocolClient(url)
-        reference = gradio_client.Client(url, verbose=False)
-        assert "ready" in page.call("upload", None, page.upload(image), *LOOK)[2]
-        assert "ready" in reference.predict(gradio_client.handle_file(str(image)), *LOOK, api_name="/upload")[1]
-        for row, col, background in clicks:
-            _, overlay, message, *_ = page.call("click", None, row, col, background, *LOOK)
-            expected_overlay, expected_message, *_ = reference.predict(row, col, background, *LOOK, api_name="/click")
-            assert re.sub(r"\d+ ms", "", message) == re.sub(r"\d+ ms", "", expected_message)
-            assert message.startswith("Click on")
-            received = hashlib.sha256(page.fetch(overlay)).hexdigest()
-            assert received == hashlib.sha256(Path(expected_overlay).read_bytes()).hexdigest()
+    page = benchmark_app.BrowserProtocolClient(server)
+    reference = gradio_client.Client(server, verbose=False)
+    assert "ready" in page.upload_image(image)[2]
+    assert "ready" in reference.predict([gradio_client.handle_file(str(image))], api_name="/upload")[1]
+    for row, col, background in clicks:
+        _, overlay, message, *_ = page.click(row, col, background)
+        expected_overlay, expected_message, *_ = reference.predict(row, col, background, api_name="/click")
+        assert re.sub(r"\d+ ms", "", message) == re.sub(r"\d+ ms", "", expected_message)
+        assert message.startswith("Click on")
+        received = hashlib.sha256(page.fetch(overlay)).hexdigest()
+        assert received == hashlib.sha256(Path(expected_overlay).read_bytes()).hexdigest()
 
 
-def test_clients_refuse_an_error_message_as_a_timed_click(model_dir, tmp_path) -> None:
+def test_clients_refuse_an_error_message_as_a_timed_click(server, tmp_path) -> None:
     """A click the app answers with an error is not timed as a success."""
-    with running_app(model_dir) as url:
-        page = benchmark_app.BrowserProtocolClient(url)
-        message = page.call("click", None, 5.0, 5.0, False, *LOOK)[2]  # no image uploaded
+    page = benchmark_app.BrowserProtocolClient(server)
+    message = page.click(5.0, 5.0, False)[2]  # no image uploaded
     assert message.startswith("⚠️ Upload an image")
 
 
@@ -66,21 +70,20 @@ def test_benchmark_prints_its_figures(model_dir, tmp_path, capsys, client) -> No
     assert re.search(r"app peak memory \(VmHWM\): \d+ MB", printed)
 
 
-def test_sessions_start_clicking_together(model_dir, tmp_path) -> None:
+def test_sessions_start_clicking_together(server, tmp_path) -> None:
     """Two sessions through the page's requests: each gets its own timings."""
     image = Path(write_image(tmp_path, 4))
-    with running_app(model_dir) as url:
-        barrier = threading.Barrier(2)
-        results = []
-        threads = [
-            threading.Thread(
-                target=lambda seed: results.append(benchmark_app.run_session(url, image, seed, 3, barrier)),
-                args=(seed,),
-            )
-            for seed in (1, 2)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    barrier = threading.Barrier(2)
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda seed: results.append(benchmark_app.run_session(server, image, seed, 3, barrier)),
+            args=(seed,),
+        )
+        for seed in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert [len(times) for times in results] == [3, 3]

@@ -131,3 +131,17 @@ def test_overlay_outlines_every_mask_and_the_selected_one_thicker(label_map) -> 
     assert overlay[27, 40].tolist() != white
     # The fill stands out from the photo.
     assert np.abs(overlay[12, 15] - photo[12, 15]).sum() > 100
+
+
+def test_click_markers_stand_out_on_every_mask_colour() -> None:
+    """A click marker keeps a black ring and a white ring whatever it is drawn on (each instance colour, its own
+    included, a black and a white photo), so one of them contrasts with its surroundings."""
+    from dynamite_hf.export import INSTANCE_COLORS
+
+    for surface in [*INSTANCE_COLORS, (0, 0, 0), (255, 255, 255)]:
+        image = np.full((41, 41, 3), surface, dtype=np.uint8)
+        label_map = np.zeros((41, 41), dtype=np.int64)
+        overlay = render_overlay(image, label_map, [Click(0, 20.0, 20.0, 0)], click_radius=5)
+        assert tuple(overlay[20, 20]) == instance_color(0)
+        assert tuple(overlay[20, 26]) == (255, 255, 255) and tuple(overlay[20, 27]) == (0, 0, 0)
+        assert tuple(overlay[20, 30]) == tuple(surface)  # nothing drawn beyond the rings

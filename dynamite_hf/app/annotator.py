@@ -1,0 +1,458 @@
+"""The app's logic, independent of the widgets: sessions of several images, the actions on them, the overlay and
+the dataset export. Every method takes an `AnnotationSession` and returns the message for the status line; the
+Gradio layer (`gradio_app.py`) only wires widgets to these methods."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+import zipfile
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .. import export
+from ..clicks import Click, without_instance
+from ..models.dynamite.modeling_dynamite import DynamiteModel
+from ..models.dynamite.processing_dynamite import DynamiteProcessor
+from ..predictor import default_processor
+from .session import (
+    DEFAULT_MAX_CACHE_MB,
+    DEFAULT_MAX_SESSIONS,
+    Annotation,
+    AnnotationSession,
+    ImageAnnotation,
+    PredictorCache,
+)
+from .uploads import UploadRefused, decode_upload
+
+# Export folders kept on disk (the newest ones): Gradio serves a copy from its own cache once the export
+# returns, so older folders are only disk space on a long-running server.
+MAX_EXPORTS_KEPT = 32
+LOOK_RANGES = {"alpha": (0.0, 1.0), "radius": (0, 12)}  # the overlay's opacity and the click markers' radius (px)
+MAX_CLASS_NAME = 64
+
+
+class DynamiteApp:
+    """Sessions over one model: uploads, clicks, classes, undo, moving between images, overlay, export.
+
+    Args:
+        max_sessions: images whose features stay cached, least recently used evicted first (one per session
+            working at a time; an image moved away from is rebuilt from its file and clicks when it comes back).
+        max_cache_mb: megabytes those cached features may hold together.
+    """
+
+    def __init__(
+        self,
+        model: DynamiteModel,
+        model_label: str,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_cache_mb: int = DEFAULT_MAX_CACHE_MB,
+        processor: DynamiteProcessor | None = None,
+    ) -> None:
+        if not isinstance(max_cache_mb, int) or max_cache_mb < 1:
+            raise ValueError(f"`max_cache_mb` must be a positive integer (megabytes), got {max_cache_mb!r}")
+        self.model = model.eval()
+        self.model_label = model_label
+        self.processor = processor if processor is not None else default_processor(model)
+        self.cache = PredictorCache(self.model, self.processor, max_sessions, max_cache_mb * 2**20)
+        # One folder for everything the app writes: the sessions' uploads and the exports. Removed with the app,
+        # or when the process exits.
+        self.work_root = Path(tempfile.mkdtemp(prefix="dynamite-app-"))
+        self.export_root = self.work_root / "exports"
+        self.upload_root = self.work_root / "uploads"
+        self._remove_files = weakref.finalize(self, shutil.rmtree, self.work_root, ignore_errors=True)
+        self._exports: deque[Path] = deque()
+        self._exports_lock = threading.Lock()
+
+    def end_session(self, session: AnnotationSession) -> None:
+        """Free what a session that went away held: its uploads on disk and its images' cached features."""
+        session.remove_files()
+        self.cache.discard({image.key for image in session.images})
+
+    # -- images -------------------------------------------------------------------------------------------
+    def add_images(self, session: AnnotationSession, paths: Sequence[str | Path]) -> str:
+        """Add the uploaded files to the session and show the first one that could be opened. Gradio hands over
+        temporary copies named as the user's files: those names are the images' names. Nothing already in the
+        session changes; a file that cannot be used is named in the message."""
+        refused, added, notes = [], [], []
+        for path in paths:
+            path = Path(path)
+            name = path.name
+            same = next(
+                (image for image in session.images if image.stem.casefold() == Path(name).stem.casefold()), None
+            )
+            if same is not None:
+                refused.append(
+                    f"⚠️ '{name}' was not added: image {session.images.index(same) + 1}, '{same.name}', has the same "
+                    "name, and the export names each image's masks after it. Rename one of them to add it."
+                )
+                continue
+            try:
+                decoded = decode_upload(path, name)
+            except UploadRefused as error:
+                refused.append(f"⚠️ {error}")
+                continue
+            if session.folder is None:
+                session.folder = self.upload_root / session.uid
+                session.folder.mkdir(parents=True, exist_ok=True)
+            key = uuid.uuid4().hex
+            source = session.folder / f"{key}{path.suffix}"
+            shutil.copyfile(path, source)
+            image = ImageAnnotation(name=name, source=source, size=decoded.pixels.shape[:2], key=key)
+            session.images.append(image)
+            added.append((image, decoded.pixels))
+            notes += decoded.notes
+        if not added:
+            kept = " The images already here are kept." if session.images else ""
+            return " ".join(refused) + kept if refused else "Upload an image or pick an example."
+        first, pixels = added[0]
+        shown = self._show(session, session.images.index(first), pixels)
+        count = f"Added {len(added)} images. " if len(added) > 1 else ""
+        return " ".join([f"{count}{shown}", *notes, *refused])
+
+    def show_image(self, session: AnnotationSession, index: Any) -> str:
+        """Show image `index` (0-based); its clicks and masks are as they were left."""
+        if not session.images:
+            return "⚠️ Upload an image first."
+        if not _is_number(index) or not 0 <= int(index) < len(session.images):
+            return f"⚠️ There is no image {index!r}: the session has images 1 to {len(session.images)}."
+        return self._show(session, int(index))
+
+    def step_image(self, session: AnnotationSession, step: int) -> str:
+        """Show the next (`step` 1) or previous (-1) image, wrapping around."""
+        if not session.images:
+            return "⚠️ Upload an image first."
+        return self._show(session, (session.current + step) % len(session.images))
+
+    def _show(self, session: AnnotationSession, index: int, pixels: np.ndarray | None = None) -> str:
+        leaving = session.image
+        if leaving is not None and index != session.current:
+            self._keep_exact(leaving)
+            leaving.forget_display()
+        session.current = index
+        image = session.images[index]
+        if pixels is not None:
+            image.set_display(pixels)
+        start = time.perf_counter()
+        cached = image.key in self.cache
+        self.cache.label_map(image, image.display().shape[:2], pixels)
+        height, width = image.size
+        place = f"Image {index + 1}/{len(session.images)} '{image.name}' {width}x{height}"
+        features = "" if cached else f" ({time.perf_counter() - start:.2f} s for the image features)"
+        instances = f", {image.num_instances} instance(s)" if image.num_instances else ""
+        return f"{place} ready{features}{instances}."
+
+    def _keep_exact(self, image: ImageAnnotation) -> None:
+        """Store the exact masks of `image` (PNG bytes), so an export needs no model run for it."""
+        if image.num_instances and (image.exact is None or image.exact[0] != image.annotation):
+            label_map = self.cache.label_map(image)
+            image.exact = (image.annotation, _encode_label_map(label_map))
+
+    def exact_label_map(self, image: ImageAnnotation) -> np.ndarray:
+        """`(H, W)` int32 label map at the image's size (0 = background, k = instance k, numbered from 1)."""
+        if image.num_instances == 0:
+            return np.zeros(image.size, dtype=np.int32)
+        if image.exact is not None and image.exact[0] == image.annotation:
+            return _decode_label_map(image.exact[1])
+        self._keep_exact(image)
+        return self.cache.label_map(image)
+
+    # -- actions on the image shown -----------------------------------------------------------------------
+    def click(
+        self, session: AnnotationSession, row: Any, col: Any, background: bool, image: ImageAnnotation | None = None
+    ) -> str:
+        """A click at `(row, col)` in pixels of the image (not of the overlay: see `click_display`), on `image`
+        (default: the one shown)."""
+        image = image or session.image
+        if image is None:
+            return "⚠️ Upload an image (or pick an example) before clicking."
+        for name, value in (("row", row), ("col", col)):
+            if not _is_number(value):
+                side = "top" if name == "row" else "left"
+                return f"⚠️ {name} must be a number (pixels from the {side} of the image), got {value!r}."
+        row, col = float(row), float(col)
+        height, width = image.size
+        if not (0 <= row < height and 0 <= col < width):
+            return f"⚠️ Click at (x={col:.0f}, y={row:.0f}) is outside the {width}x{height} image."
+        annotation = image.annotation
+        instance = None if background else min(image.selected, annotation.num_instances)
+        classes = annotation.classes
+        if instance is not None and instance == annotation.num_instances:
+            classes = (*classes, session.new_class)
+        click = Click(instance, row, col, len(annotation.clicks))
+        image.push(Annotation((*annotation.clicks, click), classes))
+        try:
+            start = time.perf_counter()
+            label_map = self.cache.label_map(image, image.display().shape[:2])
+            milliseconds = 1000 * (time.perf_counter() - start)
+        except Exception as error:  # keep the session's clicks whatever failed
+            image.history.pop()
+            return f"⚠️ The click could not be processed ({error}); your earlier clicks are kept."
+        if instance is not None:
+            image.selected = instance
+        if image is not session.image:
+            image.forget_display()
+        kind = "background" if instance is None else f"instance {instance + 1}"
+        where = "" if image is session.image else f" of '{image.name}' (the image shown when you clicked)"
+        return (
+            f"Click on {kind} at (x={col:.0f}, y={row:.0f}){where}: {milliseconds:.0f} ms."
+            f"{_empty_note(label_map, image.num_instances)}"
+        )
+
+    def click_display(self, session: AnnotationSession, key: Any, x: Any, y: Any, background: bool) -> str:
+        """A click the page made at `(x, y)` in pixels of the overlay of the image `key` (the one it showed)."""
+        image = session.find(key) if isinstance(key, str) and key else session.image
+        if image is None:
+            return "⚠️ Upload an image (or pick an example) before clicking."
+        if not (_is_number(x) and _is_number(y)):
+            return f"⚠️ The click's position must be numbers, got x={x!r}, y={y!r}."
+        row, col = image.image_point(float(y), float(x))
+        return self.click(session, row, col, background, image)
+
+    def add_instance(self, session: AnnotationSession) -> str:
+        image = session.image
+        if image is None:
+            return "⚠️ Upload an image first."
+        image.selected = image.num_instances
+        return f"Next click starts instance {image.selected + 1} ({session.new_class})."
+
+    def select_instance(self, session: AnnotationSession, instance: Any) -> str:
+        """Clicks go to `instance` (0-based; `num_instances` for a new one); its class is shown for renaming."""
+        image = session.image
+        if image is None:
+            return "⚠️ Upload an image first."
+        if not _is_number(instance):
+            return f"⚠️ instance must be a number, got {instance!r}."
+        image.selected = max(0, min(int(instance), image.num_instances))
+        if image.selected == image.num_instances:
+            return f"Next click starts instance {image.selected + 1} ({session.new_class})."
+        return f"Clicks now refine instance {image.selected + 1} ({image.annotation.classes[image.selected]})."
+
+    def set_class(self, session: AnnotationSession, name: Any) -> str:
+        """Name the class of the selected instance (and of the instances started from now on)."""
+        name = " ".join(str(name or "").split())
+        if not name:
+            return "⚠️ A class needs a name: type one (for example 'cat') and press Enter."
+        if len(name) > MAX_CLASS_NAME:
+            return f"⚠️ Class names are limited to {MAX_CLASS_NAME} characters; this one has {len(name)}."
+        if name not in session.classes:
+            session.classes.append(name)
+        session.new_class = name
+        image = session.image
+        if image is None or image.selected >= image.num_instances:
+            return f"New instances will be '{name}'."
+        annotation = image.annotation
+        if annotation.classes[image.selected] == name:
+            return f"Instance {image.selected + 1} is '{name}'; new instances will be too."
+        classes = list(annotation.classes)
+        classes[image.selected] = name
+        image.push(replace(annotation, classes=tuple(classes)))
+        return f"Instance {image.selected + 1} is now '{name}'; new instances will be too."
+
+    def undo(self, session: AnnotationSession) -> str:
+        image = session.image
+        if image is None or len(image.history) <= 1:
+            return "Nothing to undo."
+        image.history.pop()
+        image.selected = min(image.selected, image.num_instances)
+        return "Undone."
+
+    def remove_instance(self, session: AnnotationSession) -> str:
+        image = session.image
+        if image is None or image.selected >= image.num_instances:
+            return "⚠️ Select an existing instance to remove."
+        target, annotation = image.selected, image.annotation
+        classes = annotation.classes[:target] + annotation.classes[target + 1 :]
+        image.push(Annotation(tuple(without_instance(list(annotation.clicks), target)), classes))
+        image.selected = max(0, min(target, image.num_instances - 1))
+        return f"Removed instance {target + 1}; the instances after it moved down by one (Undo brings it back)."
+
+    def reset(self, session: AnnotationSession) -> str:
+        image = session.image
+        if image is None or not image.clicks:
+            return "Nothing to clear."
+        image.push(Annotation())
+        image.selected = 0
+        return "All clicks on this image cleared (Undo brings them back)."
+
+    def set_look(self, session: AnnotationSession, name: str, value: Any) -> str:
+        """Set `alpha`, `radius` or `masks_only`; a value out of range is clamped and a non-number kept as it
+        was, both said in words."""
+        look = session.look
+        if name == "masks_only":
+            look.masks_only = bool(value)
+            return "Showing the masks only." if look.masks_only else "Showing the masks over the image."
+        if name not in LOOK_RANGES:
+            return f"⚠️ Unknown view setting {name!r}."
+        low, high = LOOK_RANGES[name]
+        label = {"alpha": "Alpha (mask opacity)", "radius": "Click radius"}[name]
+        current = getattr(look, name)
+        if not _is_number(value):
+            return f"⚠️ {label} needs a number from {low:g} to {high:g}; it stays {current:g}."
+        number = float(value)
+        clamped = min(max(number, low), high)
+        setattr(look, name, int(round(clamped)) if name == "radius" else clamped)
+        if clamped != number:
+            return f"⚠️ {label} goes from {low:g} to {high:g}: {number:g} was set to {getattr(look, name):g}."
+        return f"{label}: {getattr(look, name):g}."
+
+    # -- the page's actions -------------------------------------------------------------------------------
+    def apply(self, session: AnnotationSession, actions: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Apply the page's actions in order; (status messages, export files of the last export, if any).
+
+        Each action is a dict with a `kind`: `click` (`key`, `x`, `y` in overlay pixels, `background`),
+        `add_instance`, `select_instance` (`instance`, 0-based), `class` (`name`), `undo`, `remove_instance`,
+        `reset`, `image` (`index`, 0-based), `next`, `previous`, `look` (`alpha`, `radius` or `masks_only`),
+        `export`.
+        """
+        messages, files = [], []
+        for action in actions:
+            kind = action.get("kind") if isinstance(action, dict) else None
+            if kind == "click":
+                background = bool(action.get("background"))
+                message = self.click_display(session, action.get("key"), action.get("x"), action.get("y"), background)
+            elif kind in ("add_instance", "undo", "remove_instance", "reset"):
+                message = getattr(self, kind)(session)
+            elif kind == "select_instance":
+                message = self.select_instance(session, action.get("instance"))
+            elif kind == "class":
+                message = self.set_class(session, action.get("name"))
+            elif kind == "image":
+                message = self.show_image(session, action.get("index"))
+            elif kind in ("next", "previous"):
+                message = self.step_image(session, 1 if kind == "next" else -1)
+            elif kind == "look":
+                message = " ".join(self.set_look(session, name, action[name]) for name in action if name in _LOOK_KEYS)
+            elif kind == "export":
+                files, message = self.export(session)
+            else:
+                message = f"⚠️ Unknown action {kind!r}: ignored."
+            messages.append(message)
+        return messages, files
+
+    # -- views --------------------------------------------------------------------------------------------
+    def render(self, session: AnnotationSession) -> np.ndarray | None:
+        """The overlay of the image shown, at display size, with the masks previewed at that size."""
+        image = session.image
+        if image is None:
+            return None
+        display = image.display()
+        label_map = self.cache.label_map(image, display.shape[:2])
+        selected = image.selected if image.selected < image.num_instances else None
+        look = session.look
+        return export.render_overlay(
+            display,
+            label_map,
+            image.display_clicks(),
+            look.alpha,
+            look.radius,
+            masks_only=look.masks_only,
+            selected=selected,
+        )
+
+    def export(self, session: AnnotationSession) -> tuple[list[str], str]:
+        """Every image of the session as one dataset: `dataset.zip` (COCO JSON, label maps in grey and in colour,
+        per-instance masks) and the same `coco.json` on its own. Returns (file paths, message)."""
+        images = session.images
+        if not any(image.num_instances for image in images):
+            return [], "⚠️ Nothing to export yet: click on an object first."
+        used = {name for image in images for name in image.annotation.classes}
+        categories = [name for name in session.classes if name in used]
+        category_ids = {name: index + 1 for index, name in enumerate(categories)}
+        folder = self.export_root / uuid.uuid4().hex
+        dataset = folder / "dataset"
+        coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
+        notes = []
+        for image_id, image in enumerate(images, start=1):
+            label_map = self.exact_label_map(image)
+            height, width = image.size
+            coco["images"].append({"id": image_id, "file_name": image.name, "height": height, "width": width})
+            coco["annotations"] += export.coco_annotations(
+                label_map,
+                image_id,
+                first_id=len(coco["annotations"]) + 1,
+                num_instances=image.num_instances,
+                category_ids=[category_ids[name] for name in image.annotation.classes],
+                first_instance_number=1,
+            )
+            export.save_label_map(label_map, _made(dataset / "label_maps") / f"{image.stem}.png")
+            if image.num_instances <= 255:
+                export.save_palette_label_map(label_map, _made(dataset / "label_maps_color") / f"{image.stem}.png")
+            else:
+                notes.append(f"'{image.name}' has more than 255 instances: no colour label map for it.")
+            export.save_instance_masks(
+                label_map, dataset / "instance_masks" / image.stem, num_instances=image.num_instances, first_number=1
+            )
+            empty = export.empty_instances(label_map, image.num_instances)
+            if empty:
+                numbers = ", ".join(str(k + 1) for k in empty)
+                notes.append(f"'{image.name}': instance(s) {numbers} empty (no pixel went to them; exported empty).")
+        coco["categories"] = [{"id": category_ids[name], "name": name} for name in categories]
+        (dataset / "coco.json").write_text(json.dumps(coco))
+        with zipfile.ZipFile(folder / "dataset.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(dataset.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(dataset).as_posix())
+        files = [str(folder / "dataset.zip"), str(dataset / "coco.json")]
+        with self._exports_lock:
+            self._exports.append(folder)
+            stale = [self._exports.popleft() for _ in range(len(self._exports) - MAX_EXPORTS_KEPT)]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+        num_instances = sum(image.num_instances for image in images)
+        unannotated = sum(image.num_instances == 0 for image in images)
+        without = f" ({unannotated} without instances)" if unannotated else ""
+        message = (
+            f"Exported {len(images)} image(s){without}, {num_instances} instance(s) in {len(categories)} "
+            f"class(es): {', '.join(categories)}."
+        )
+        return files, " ".join([message, *notes])
+
+
+_LOOK_KEYS = ("alpha", "radius", "masks_only")
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _encode_label_map(label_map: np.ndarray) -> bytes:
+    array = label_map.astype(np.uint8 if label_map.max(initial=0) < 256 else np.uint16)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise RuntimeError("could not PNG-encode a label map")
+    return encoded.tobytes()
+
+
+def _decode_label_map(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).astype(np.int32)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _empty_note(label_map: np.ndarray, num_instances: int) -> str:
+    """A note naming the clicked instances that got no pixel (numbered from 1, as in the UI), or ""."""
+    empty = [str(k + 1) for k in export.empty_instances(label_map, num_instances)]
+    if not empty:
+        return ""
+    if len(empty) == 1:
+        return f" Instance {empty[0]} is empty (no pixel went to it); it is exported as an empty mask."
+    return f" Instances {', '.join(empty)} are empty (no pixel went to them); they are exported as empty masks."
