@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from dynamite_hf import DynamiteModel
+from dynamite_hf import DynamiteImageProcessor, DynamiteModel
 from dynamite_hf.clicks import clicks_to_inputs
 from dynamite_hf.training.trainer import weights_digest
 
@@ -155,14 +155,15 @@ def test_a_small_model_overfits_four_real_images(four_images, tmp_path) -> None:
     assert list(output.glob("**/events.out.tfevents.*")), "no TensorBoard log written"
 
     trained = DynamiteModel.from_pretrained(output).eval()
+    processor = DynamiteImageProcessor.from_pretrained(output)
     initial = DynamiteModel(trained.config.__class__.from_dict(trained.config.to_dict())).eval()
     torch.manual_seed(0)
     data = DynamiteTrainingDataset(
         datasets.load_from_disk(four_images / "four"),
         160,
         1,
-        trained.config.pixel_mean,
-        trained.config.pixel_std,
+        processor.image_mean,
+        processor.image_std,
         min_area=30000,
         min_scale=0.6,
         max_scale=1.0,
