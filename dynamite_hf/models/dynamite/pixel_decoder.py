@@ -139,7 +139,7 @@ class DynamiteConvNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.norm(self.conv(x))
-        return F.relu(x) if self.relu else x
+        return F.relu_(x) if self.relu else x  # in place: the norm's output is this block's own
 
 
 class DynamitePixelDecoder(nn.Module):
@@ -223,9 +223,8 @@ class DynamitePixelDecoder(nn.Module):
             for level, (h, w) in zip(hidden.split([h * w for h, w in spatial_shapes], 1), spatial_shapes, strict=True)
         ]
         for i in reversed(range(self.num_fpn_levels)):
-            lateral = self.fpn_lateral[i](features[i])
-            top_down = F.interpolate(outputs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
-            outputs.append(self.fpn_output[i](lateral + top_down))
+            top_down = F.interpolate(outputs[-1], size=features[i].shape[-2:], mode="bilinear", align_corners=False)
+            outputs.append(self.fpn_output[i](top_down.add_(self.fpn_lateral[i](features[i]))))
         multi_scale_features = outputs[: self.num_levels]
 
         finest = outputs[-1]
@@ -240,7 +239,7 @@ class DynamitePixelDecoder(nn.Module):
                 fused = fused + F.interpolate(
                     conv(feature), size=fused.shape[-2:], mode="bilinear", align_corners=False
                 )
-            finest = F.interpolate(fused, size=finest.shape[-2:], mode="bilinear", align_corners=False) + finest
+            finest = F.interpolate(fused, size=finest.shape[-2:], mode="bilinear", align_corners=False).add_(finest)
         return self.mask_projection(finest), multi_scale_features
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
