@@ -4,6 +4,7 @@ that records the calls stands in for the Hub); model cards and their metadata as
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,68 @@ def test_save_model_folder_keeps_the_pipeline_entry_off_the_models_config(tmp_pa
     model.save_pretrained(tmp_path / "plain")
     config = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert "custom_pipelines" not in config and set(config["auto_map"]) == {"AutoConfig", "AutoModel"}
+
+
+# -- the bundled model card ---------------------------------------------------------------------------------------
+
+
+def test_the_bundled_model_uploads_with_its_card_licence_and_plot(tmp_path) -> None:
+    folder = hub_module.write_hub_folder(BUNDLED, tmp_path / "upload", "someone/dynamite")
+    names = {path.name for path in folder.iterdir()}
+    kept = {path.name for path in BUNDLED.iterdir() if path.suffix in (".py", ".json", ".safetensors")}
+    assert names == kept | {"README.md", "LICENSE", "miou_per_click.png"}
+    card, source = ModelCard.load(folder / "README.md"), ModelCard.load(BUNDLED / "README.md")
+    assert card.data.to_dict() == source.data.to_dict()
+    assert card.text.count('model_id = "someone/dynamite"') == source.text.count("model_id = ") == 3
+
+
+# Which row of the card's evaluation table holds each result of the model-index.
+TABLE_ROWS = {
+    ("grabcut", "noc@85"): "| GrabCut (50 objects) |",
+    ("grabcut", "noc@90"): "| GrabCut (50 objects) |",
+    ("davis", "noc@85"): "| DAVIS (345 frames) |",
+    ("davis", "noc@90"): "| DAVIS (345 frames) |",
+    ("davis", "nci"): "| DAVIS multi-instance",
+    ("grabcut", "positive_clicks_obeyed_%"): "| GrabCut, corrective clicks",
+    ("grabcut", "negative_clicks_obeyed_%"): "| GrabCut, corrective clicks",
+    ("davis", "instances_holding_their_click_%"): "| DAVIS frames of 2-4 objects",
+}
+
+
+def test_the_bundled_card_has_the_metadata_the_hub_reads() -> None:
+    """Parsed by huggingface_hub: licence (research use only, with its file), datasets, tags, library, pipeline
+    and a model-index whose every result is the figure of the card's evaluation table; the front matter is what
+    huggingface_hub writes for that metadata; at most 200 lines."""
+    text = (BUNDLED / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    card = ModelCard.load(BUNDLED / "README.md")
+    data = card.data
+    assert (data.license, data.license_name, data.license_link) == ("other", "research-only", "LICENSE")
+    assert "research use only" in (BUNDLED / data.license_link).read_text()
+    assert len(data.datasets) == 5 and "interactive-segmentation" in data.tags
+    assert (data.library_name, data.pipeline_tag) == ("transformers", "image-segmentation")
+    assert text.startswith(f"---\n{data.to_yaml()}\n---\n")
+    assert len(data.eval_results) == 8
+    for result in data.eval_results:
+        prefix = TABLE_ROWS[result.dataset_type, result.metric_type]
+        row = next(line for line in text.splitlines() if line.startswith(prefix))
+        figures = [float(number) for number in re.findall(r"\d+(?:\.\d+)?", row.split("|")[3])]
+        assert result.metric_value in figures, (result, row)
+    assert "@inproceedings{rana2023dynamite" in text and "2304.06668" in text
+
+
+def test_the_bundled_cards_predictor_snippet_runs(tmp_path) -> None:
+    """The card's dynamite-hf snippet, run with the package on a photo-sized image: two instances' masks."""
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(image)
+    blocks = re.findall(r"```python\n(.*?)```", (BUNDLED / "README.md").read_text(), flags=re.S)
+    snippet = next(block for block in blocks if "dynamite_hf" in block)
+    snippet = snippet.replace('"models/dynamite-mobilenet-v2"', repr(str(BUNDLED))).replace(
+        '"photo.jpg"', repr(str(image))
+    )
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["masks"].shape == (2, 480, 640) and namespace["masks"].any(axis=(1, 2)).all()

@@ -5,6 +5,7 @@ give the package's results. One subprocess, in a Python that cannot import `dyna
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from dynamite_hf.predictor import load_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models" / "dynamite-mobilenet-v2"
-# Instances 1 and 2 and a background click, (x, y) in image pixels.
+# The clicks of the cards' usage snippets: instances 1 and 2 and a background click, (x, y) in image pixels.
 POINTS = [[120, 300], [400, 80], [10, 10]]
 LABELS = [1, 2, 0]
 
@@ -33,7 +34,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, pipeline
 
-FOLDERS, IMAGE, POINTS, LABELS = json.loads({arguments!r})
+FOLDERS, IMAGE, POINTS, LABELS, SNIPPETS = json.loads({arguments!r})
 image = Image.open(IMAGE).convert("RGB")
 classes = {{}}
 for name, folder in FOLDERS.items():
@@ -57,10 +58,25 @@ for name, folder in FOLDERS.items():
     save_file({{key: value.contiguous() for key, value in tensors.items()}}, name + ".safetensors")
     loaded = dict(config=config, model=model, image_processor=image_processor, processor=processor, pipeline=segmenter)
     classes[name] = {{key: type(value).__module__ + "." + type(value).__name__ for key, value in loaded.items()}}
+for number, snippet in enumerate(SNIPPETS):
+    print("snippet", number)
+    exec(snippet, {{}})
 import sys
 classes["imported"] = sorted(name for name in sys.modules if "dynamite" in name and "transformers_modules" not in name)
 json.dump(classes, open("classes.json", "w"))
 """
+
+
+def card_snippets(card: Path, model_id: str, image: Path) -> list[str]:
+    """The card's Python blocks that need only transformers, with the model and the photo replaced by local ones."""
+    blocks = re.findall(r"```python\n(.*?)```", card.read_text(), flags=re.S)
+    usable = [block for block in blocks if "dynamite_hf" not in block]
+    return [
+        re.sub(r'^model_id = "[^"]*"', f"model_id = {model_id!r}", block, flags=re.M).replace(
+            '"photo.jpg"', repr(str(image))
+        )
+        for block in usable
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +94,12 @@ def remote(tmp_path_factory):
         ["--model", str(saved), "--repo-id", "someone/dynamite-tiny", "--local-dir", str(upload)]
     )
     folders = {"saved": str(saved), "bundled": str(BUNDLED), "upload": str(upload)}
-    arguments = json.dumps([folders, str(image), POINTS, LABELS])
+    snippets = card_snippets(BUNDLED / "README.md", str(BUNDLED), image)
+    snippets += card_snippets(upload / "README.md", str(upload), image)
+    arguments = json.dumps([folders, str(image), POINTS, LABELS, snippets])
     python = make_python_without_package(work / "env")
     result = run_without_package(python, REMOTE_SCRIPT.format(arguments=arguments), work)
-    return {"work": work, "image": image, "folders": folders, "stdout": result.stdout}
+    return {"work": work, "image": image, "folders": folders, "snippets": snippets, "stdout": result.stdout}
 
 
 def package_results(folder: str, image: Path) -> dict[str, torch.Tensor]:
@@ -119,6 +137,15 @@ def test_the_folder_loads_through_remote_code_and_gives_the_package_results(remo
     assert expected["masks"].shape[0] == 2
     if name == "bundled":  # trained weights: both clicked instances get a mask (the tiny random models' are empty)
         assert expected["masks"].any(dim=(1, 2)).all()
+
+
+def test_the_cards_usage_snippets_run_without_the_package(remote) -> None:
+    """The bundled card's and a made card's transformers-only snippets (the Auto classes, the pipeline), run
+    against the local folders."""
+    assert len(remote["snippets"]) == 4
+    for number in range(len(remote["snippets"])):
+        assert f"snippet {number}" in remote["stdout"]
+    assert remote["stdout"].count("torch.Size([2, 480, 640])") == 4
 
 
 def test_the_bundled_folder_is_what_the_package_writes(tmp_path) -> None:
