@@ -81,8 +81,9 @@ def card_snippets(card: Path, model_id: str, image: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
-    """Run the remote script on a saved tiny model (with boundary refinement), the bundled model and the folder
-    `scripts/push_to_hub.py --local-dir` writes for the tiny one; returns the work folder."""
+    """Run the remote script on a saved tiny model (with boundary refinement), the bundled model, the folder
+    `scripts/push_to_hub.py --local-dir` writes for the tiny one and the tiny one loaded and saved again with plain
+    `save_pretrained`; returns what the script wrote and printed."""
     work = tmp_path_factory.mktemp("remote")
     image = work / "photo.png"
     rng = np.random.default_rng(0)
@@ -93,7 +94,11 @@ def remote(tmp_path_factory):
     load_script("push_to_hub.py").main(
         ["--model", str(saved), "--repo-id", "someone/dynamite-tiny", "--local-dir", str(upload)]
     )
-    folders = {"saved": str(saved), "bundled": str(BUNDLED), "upload": str(upload)}
+    # A model loaded from such a folder and saved with plain save_pretrained: still a whole folder, pipeline included.
+    resaved = work / "resaved"
+    DynamiteModel.from_pretrained(saved).save_pretrained(resaved)
+    load_processor(saved).save_pretrained(resaved)
+    folders = {"saved": str(saved), "bundled": str(BUNDLED), "upload": str(upload), "resaved": str(resaved)}
     snippets = card_snippets(BUNDLED / "README.md", str(BUNDLED), image)
     snippets += card_snippets(upload / "README.md", str(upload), image)
     arguments = json.dumps([folders, str(image), POINTS, LABELS, snippets])
@@ -121,7 +126,7 @@ def package_results(folder: str, image: Path) -> dict[str, torch.Tensor]:
     return {**tensors, "pred_masks": outputs.pred_masks, "query_labels": outputs.query_labels, **result}
 
 
-@pytest.mark.parametrize("name", ["saved", "bundled", "upload"])
+@pytest.mark.parametrize("name", ["saved", "bundled", "upload", "resaved"])
 def test_the_folder_loads_through_remote_code_and_gives_the_package_results(remote, name) -> None:
     classes = json.loads((remote["work"] / "classes.json").read_text())
     assert classes["imported"] == [], classes["imported"]  # nothing named dynamite outside the remote modules

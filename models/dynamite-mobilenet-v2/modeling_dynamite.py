@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput, can_return_tuple
 
 # `from .module import name` only: transformers finds the files a model needs as remote code by these imports.
@@ -382,14 +383,24 @@ class DynamiteModel(DynamitePreTrainedModel):
                 f"DynamiteImageProcessor), got {tuple(pixel_values.shape[-2:])}"
             )
 
-    def save_pretrained(self, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; when the config names the pipeline (`custom_pipelines`, as a config
+        loaded from a model folder of this project does), the pipeline's code is written beside the model's, so the
+        saved folder loads with `pipeline(..., trust_remote_code=True)` too."""
         quantized = sorted({type(m).__name__ for m in self.modules() if "quantized" in type(m).__module__})
         if quantized:
             raise ValueError(
                 f"this model has quantized layers ({', '.join(quantized)}, from dynamite_hf.inference.int8) and "
                 "cannot be saved: save the float32 model and quantize after loading"
             )
-        return super().save_pretrained(*args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if getattr(self.config, "custom_pipelines", None):
+            # Imported here, not at the top: the model does not need the pipeline, only its file (transformers also
+            # copies this file into the remote-code cache with the model's, by this import line).
+            from .pipeline_dynamite import DynamiteImageSegmentationPipeline
+
+            custom_object_save(DynamiteImageSegmentationPipeline, save_directory)
+        return result
 
     def get_image_embeddings(self, pixel_values: Tensor) -> DynamiteImageEmbeddings:
         """The per-image stage: backbone and pixel decoder.
