@@ -27,7 +27,7 @@ from .models.dynamite.pipeline_dynamite import PIPELINE_TASK, DynamiteImageSegme
 from .models.dynamite.processing_dynamite import DynamiteProcessor
 
 CARD_TAGS = ["dynamite", "interactive-segmentation", "multi-instance-segmentation", "click-based"]
-# What a model folder's card links to besides its own files (`--push-to-hub`, scripts/push_to_hub.py).
+# A training run's record, uploaded with the model when the folder has it.
 RUN_SUMMARY = "train_summary.json"
 WEIGHT_INDEX = "model.safetensors.index.json"
 # A usage line of the card that names the model: the upload names the repository there instead.
