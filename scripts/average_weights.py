@@ -31,7 +31,7 @@ def average_state_dicts(state_dicts: list[dict[str, torch.Tensor]], weights: lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dynamite_hf import DynamiteImageProcessor, DynamiteModel
+    from dynamite_hf import DynamiteImageProcessor, DynamiteModel, save_model_folder
     from dynamite_hf.training.trainer import weights_digest
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     averaged = average_state_dicts(state_dicts, weights)
     models[0].load_state_dict(averaged)
-    models[0].save_pretrained(args.output)
-    DynamiteImageProcessor.from_pretrained(args.models[0]).save_pretrained(args.output)
+    save_model_folder(models[0], DynamiteImageProcessor.from_pretrained(args.models[0]), args.output)
     mix = " + ".join(f"{w:g} x {folder}" for w, folder in zip(weights, args.models, strict=True))
     print(f"wrote {args.output}: {mix}; weights digest {weights_digest(models[0])}")
 

@@ -58,7 +58,7 @@ def grow(path: str | Path, encoder_layers: int, decoder_layers: int, seed: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dynamite_hf import Click, DynamiteImageProcessor, DynamiteModel
+    from dynamite_hf import Click, DynamiteImageProcessor, DynamiteModel, save_model_folder
     from dynamite_hf.clicks import clicks_to_inputs
     from dynamite_hf.training.trainer import weights_digest
 
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         before, after = (m(pixel_values=pixel_values, **clicks).pred_masks for m in (model, grown))
     change = (after - before).abs().max().item() / before.abs().max().item()
-    grown.save_pretrained(args.output)
-    DynamiteImageProcessor.from_pretrained(args.model).save_pretrained(args.output)
+    save_model_folder(grown, DynamiteImageProcessor.from_pretrained(args.model), args.output)
     print(
         f"wrote {args.output}: {args.encoder_layers} encoder / {args.decoder_layers} decoder layers (was "
         f"{model.config.encoder_layers} / {model.config.decoder_layers}); largest logit change on a random image "

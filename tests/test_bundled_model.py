@@ -129,7 +129,7 @@ def test_the_bundled_model_snaps_mask_boundaries_to_the_photo(bundled_segmenter)
 def training_command() -> list[str]:
     """The `train_accelerate.py` arguments of the model card's recipe."""
     card = (BUNDLED / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", card[card.index("## Training recipe") :], re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", card[card.index("## Training procedure") :], re.S)
     block = next(b for b in blocks if "train_accelerate.py" in b)
     command = " ".join(line.rstrip("\\").strip() for line in block.splitlines() if not line.startswith("#"))
     words = shlex.split(command[command.index("train_accelerate.py") :])

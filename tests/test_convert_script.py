@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,12 @@ def test_released_checkpoint_converts_and_reproduces_the_reference(tmp_path) -> 
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
+        "modeling_dynamite.py",
+        "pipeline_dynamite.py",
     }
+    # A folder for remote code (tests/test_remote_code.py loads such folders without the package).
+    config = json.loads((tmp_path / "converted" / "config.json").read_text())
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"} and "image-segmentation" in config["custom_pipelines"]
     model = DynamiteModel.from_pretrained(tmp_path / "converted").eval()
     assert model.config.backbone_type == "mit"  # inferred from the keys
     assert isinstance(DynamiteImageProcessor.from_pretrained(tmp_path / "converted"), DynamiteImageProcessor)

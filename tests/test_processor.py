@@ -113,6 +113,26 @@ def test_model_of_processor_then_post_process_masks_gives_the_predictors_label_m
     assert result["scores"].shape == (2,) and ((result["scores"] >= 0) & (result["scores"] <= 1)).all()
 
 
+def test_post_process_masks_takes_logits_of_a_call_with_gradients() -> None:
+    """`model(**inputs)` outside `torch.no_grad()` (as a first try of the model card's snippet may be) gives logits
+    that require grad: post-processing, with the boundary refinement, gives the masks of an inference-mode call."""
+    model = tiny_model()
+    processor = DynamiteProcessor(DynamiteImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}))
+    processor.image_processor.guided_filter_radius = 4
+    image = np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8)
+    inputs = processor(image, input_points=[[[30.0, 20.5], [100.0, 60.0]]], input_labels=[[1, 2]])
+    sizes = inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    outputs = model(**inputs)
+    assert outputs.pred_masks.requires_grad
+    result = processor.post_process_masks(outputs.pred_masks, outputs.query_labels, *sizes, images=[image])[0]
+    with torch.inference_mode():
+        expected_outputs = model(**inputs)
+    expected = processor.post_process_masks(
+        expected_outputs.pred_masks, expected_outputs.query_labels, *sizes, images=[image]
+    )[0]
+    assert torch.equal(result["label_map"], expected["label_map"]) and torch.equal(result["scores"], expected["scores"])
+
+
 def test_grayscale_and_rgba_rules(tmp_path) -> None:
     gray = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert (load_image(gray) == gray[:, :, None]).all() and load_image(gray).shape == (3, 4, 3)

@@ -205,6 +205,25 @@ def test_checkpoint_every_0_writes_the_final_checkpoint(float32_run) -> None:
     assert (output / "checkpoints" / "step_4" / "config.json").is_file()
 
 
+@requires_data
+def test_the_final_model_and_an_exported_checkpoint_are_remote_code_folders(float32_run, tmp_path) -> None:
+    """The run's final save and `export_checkpoint` write whole model folders (`save_model_folder`): code, `auto_map`
+    entries and the pipeline, as tests/test_remote_code.py loads them without the package."""
+    from dynamite_hf.training.trainer import export_checkpoint
+
+    output, _ = float32_run
+    exported = export_checkpoint(output / "checkpoints" / "step_4", tmp_path / "exported")
+    for folder in (output, exported):
+        config = json.loads((folder / "config.json").read_text())
+        assert set(config["auto_map"]) == {"AutoConfig", "AutoModel"}, folder
+        assert config["custom_pipelines"]["image-segmentation"]["impl"].startswith("pipeline_dynamite.")
+        processor = json.loads((folder / "preprocessor_config.json").read_text())
+        assert set(processor["auto_map"]) == {"AutoImageProcessor", "AutoProcessor"}
+    code = sorted(path.name for path in output.glob("*.py"))
+    assert "pipeline_dynamite.py" in code and code == sorted(path.name for path in exported.glob("*.py"))
+    assert (output / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()
+
+
 def _wait_for_step(log: Path, process: subprocess.Popen, step: int, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while not re.search(rf"\| {step}/", log.read_text().replace("\r", "\n")):

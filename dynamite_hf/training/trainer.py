@@ -27,6 +27,8 @@ import numpy as np
 import torch
 
 from ..data.instances import is_hub_id, load_instance_dataset
+from ..hub import push_to_hub as push_folder_to_hub
+from ..hub import save_model_folder
 from ..models.dynamite.configuration_dynamite import DynamiteConfig
 from ..models.dynamite.image_processing_dynamite import DynamiteImageProcessor
 from ..models.dynamite.modeling_dynamite import DynamiteModel
@@ -145,8 +147,14 @@ class DynamiteTrainingArguments:
             "run stops with an error naming the process and the step"
         },
     )
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None)
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "upload the final model folder (weights, configs, code, train_summary.json and a model card) to "
+            "--hub-model-id in one commit, as scripts/push_to_hub.py does"
+        },
+    )
+    hub_model_id: str | None = field(default=None, metadata={"help": "the Hub repository of --push-to-hub: user/name"})
 
     def milestones(self) -> list[int]:
         values = [float(v) for v in self.lr_milestones.split(",") if v.strip()]
@@ -672,11 +680,11 @@ def train(arguments: DynamiteTrainingArguments) -> dict:
     with collective_failures_named(rank, world, state, arguments.collective_timeout):
         accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped.model.save_pretrained(output_dir)
-        processor.save_pretrained(output_dir)
+        save_model_folder(unwrapped.model, processor, output_dir)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if arguments.push_to_hub:
-            unwrapped.model.push_to_hub(arguments.hub_model_id)
+            commit = push_folder_to_hub(output_dir, arguments.hub_model_id)
+            accelerator.print(f"pushed to {commit.commit_url}")
         accelerator.print(f"model: {output_dir}; last checkpoint: {checkpoint}")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         _leave_together(accelerator, rank, world, state, arguments.collective_timeout, 0)
@@ -709,7 +717,7 @@ def model_origin(arguments: DynamiteTrainingArguments) -> str:
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source: str | Path | None = None) -> Path:
-    """A `save_pretrained` folder (model, processor config) from a `checkpoints/step_N` folder of a run."""
+    """A model folder (`save_model_folder`: weights, configs, code) from a `checkpoints/step_N` folder of a run."""
     from safetensors.torch import load_file
 
     checkpoint = Path(checkpoint)
@@ -725,12 +733,11 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, config_source:
     model = DynamiteModel(DynamiteConfig.from_pretrained(source))
     state = {key.removeprefix("model."): value for key, value in load_file(weights).items()}
     model.load_state_dict(state, strict=True)
-    model.save_pretrained(output)
     if (source / "preprocessor_config.json").is_file():
-        DynamiteImageProcessor.from_pretrained(source).save_pretrained(output)
+        processor = DynamiteImageProcessor.from_pretrained(source)
     else:
-        DynamiteImageProcessor.from_preset(_preset_of(model.config)).save_pretrained(output)
-    return Path(output)
+        processor = DynamiteImageProcessor.from_preset(_preset_of(model.config))
+    return save_model_folder(model, processor, output)
 
 
 def _preset_of(config: DynamiteConfig) -> str:

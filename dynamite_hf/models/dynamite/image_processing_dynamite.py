@@ -360,6 +360,9 @@ class DynamiteImageProcessor(BaseImageProcessor):
             `k` instance `k`); `scores` `(N,)` float32, the mean over each instance's mask of its probability
             (the sigmoid of its logits, or the refined probability; 0 for an empty mask).
         """
+        # Masks and scores end no graph: logits of a call outside `torch.no_grad()` are taken as values (the
+        # refinement writes into preallocated tensors, which autograd refuses).
+        pred_masks = pred_masks.detach()
         original_sizes = _sizes(original_sizes, "original_sizes")
         reshaped_input_sizes = _sizes(reshaped_input_sizes, "reshaped_input_sizes")
         output_sizes = original_sizes if output_sizes is None else _sizes(output_sizes, "output_sizes")

@@ -14,9 +14,20 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.utils import ModelOutput, can_return_tuple
 
-from . import backbone_hrnet, backbone_mit, backbone_mobilenet_v2, backbone_resnet, backbone_swin
+# `from .module import name` only: transformers finds the files a model needs as remote code by these imports.
+from .backbone_hrnet import DynamiteHRNetBackbone
+from .backbone_hrnet import build as build_hrnet
+from .backbone_mit import DynamiteMiTBackbone
+from .backbone_mit import build as build_mit
+from .backbone_mobilenet_v2 import DynamiteMobileNetV2Backbone
+from .backbone_mobilenet_v2 import build as build_mobilenet_v2
+from .backbone_resnet import DynamiteConvNormReLU, DynamiteFrozenBatchNorm2d
+from .backbone_resnet import build as build_resnet
+from .backbone_swin import DynamiteSwinBackbone, DynamiteSwinWindowAttention
+from .backbone_swin import build as build_swin
 from .configuration_dynamite import DynamiteConfig
 from .interactive_transformer import (
     PAD_LABEL,
@@ -29,12 +40,12 @@ from .pixel_decoder import DynamiteConvNorm, DynamiteMultiscaleDeformableAttenti
 # The model's coarsest stride: inputs are padded to multiples of it.
 SIZE_DIVISIBILITY = 32
 
-_BACKBONE_FAMILIES = {
-    "resnet": backbone_resnet,
-    "swin": backbone_swin,
-    "mit": backbone_mit,
-    "hrnet": backbone_hrnet,
-    "mobilenet_v2": backbone_mobilenet_v2,
+_BACKBONE_BUILDERS = {
+    "resnet": build_resnet,
+    "swin": build_swin,
+    "mit": build_mit,
+    "hrnet": build_hrnet,
+    "mobilenet_v2": build_mobilenet_v2,
 }
 
 
@@ -269,19 +280,19 @@ class DynamitePreTrainedModel(PreTrainedModel):
                 _default_conv_init(conv)
         elif isinstance(module, DynamiteConvNorm):
             init.kaiming_uniform_(module.conv.weight, a=1)  # c2_xavier_fill
-        elif isinstance(module, backbone_resnet.DynamiteConvNormReLU):
+        elif isinstance(module, DynamiteConvNormReLU):
             init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")  # c2_msra_fill
-        elif isinstance(module, backbone_resnet.DynamiteFrozenBatchNorm2d):
+        elif isinstance(module, DynamiteFrozenBatchNorm2d):
             init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.constant_(module.running_var, 1.0 - module.eps)
-        elif isinstance(module, backbone_swin.DynamiteSwinWindowAttention):
+        elif isinstance(module, DynamiteSwinWindowAttention):
             init.trunc_normal_(module.relative_position_bias_table, std=0.02)
             for linear in (module.qkv, module.proj):
                 init.trunc_normal_(linear.weight, std=0.02)
                 init.zeros_(linear.bias)
-        elif isinstance(module, (backbone_swin.DynamiteSwinBackbone, backbone_mit.DynamiteMiTBackbone)):
+        elif isinstance(module, (DynamiteSwinBackbone, DynamiteMiTBackbone)):
             # Swin's and SegFormer's own `_init_weights`: linears truncated normal (std 0.02); MiT's convolutions
             # normal with std sqrt(2 / fan_out).
             for child in module.modules():
@@ -289,16 +300,16 @@ class DynamitePreTrainedModel(PreTrainedModel):
                     init.trunc_normal_(child.weight, std=0.02)
                     if child.bias is not None:
                         init.zeros_(child.bias)
-                elif isinstance(child, nn.Conv2d) and isinstance(module, backbone_mit.DynamiteMiTBackbone):
+                elif isinstance(child, nn.Conv2d) and isinstance(module, DynamiteMiTBackbone):
                     fan_out = child.kernel_size[0] * child.kernel_size[1] * child.out_channels // child.groups
                     init.normal_(child.weight, std=math.sqrt(2.0 / fan_out))
                     if child.bias is not None:
                         init.zeros_(child.bias)
-        elif isinstance(module, backbone_mobilenet_v2.DynamiteMobileNetV2Backbone):
+        elif isinstance(module, DynamiteMobileNetV2Backbone):
             for child in module.modules():  # torchvision's MobileNetV2
                 if isinstance(child, nn.Conv2d):
                     init.kaiming_normal_(child.weight, mode="fan_out")
-        elif isinstance(module, backbone_hrnet.DynamiteHRNetBackbone):
+        elif isinstance(module, DynamiteHRNetBackbone):
             for child in module.modules():  # HigherHRNet's `init_weights`
                 if isinstance(child, nn.Conv2d):
                     init.normal_(child.weight, std=0.001)
@@ -357,7 +368,7 @@ class DynamiteModel(DynamitePreTrainedModel):
 
     def __init__(self, config: DynamiteConfig) -> None:
         super().__init__(config)
-        self.backbone = _BACKBONE_FAMILIES[config.backbone_type].build(config)
+        self.backbone = _BACKBONE_BUILDERS[config.backbone_type](config)
         self.pixel_decoder = DynamitePixelDecoder(config, tuple(self.backbone.out_channels))
         self.interactive_transformer = DynamiteInteractiveTransformer(config)
         self.post_init()
@@ -372,14 +383,24 @@ class DynamiteModel(DynamitePreTrainedModel):
                 f"DynamiteImageProcessor), got {tuple(pixel_values.shape[-2:])}"
             )
 
-    def save_pretrained(self, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; when the config names the pipeline (`custom_pipelines`, as a config
+        loaded from a model folder of this project does), the pipeline's code is written beside the model's, so the
+        saved folder loads with `pipeline(..., trust_remote_code=True)` too."""
         quantized = sorted({type(m).__name__ for m in self.modules() if "quantized" in type(m).__module__})
         if quantized:
             raise ValueError(
                 f"this model has quantized layers ({', '.join(quantized)}, from dynamite_hf.inference.int8) and "
                 "cannot be saved: save the float32 model and quantize after loading"
             )
-        return super().save_pretrained(*args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if getattr(self.config, "custom_pipelines", None):
+            # Imported here, not at the top: the model does not need the pipeline, only its file (transformers also
+            # copies this file into the remote-code cache with the model's, by this import line).
+            from .pipeline_dynamite import DynamiteImageSegmentationPipeline
+
+            custom_object_save(DynamiteImageSegmentationPipeline, save_directory)
+        return result
 
     def get_image_embeddings(self, pixel_values: Tensor) -> DynamiteImageEmbeddings:
         """The per-image stage: backbone and pixel decoder.

@@ -3,12 +3,14 @@ processor pairs an image processor with its prompts."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from transformers.dynamic_module_utils import custom_object_save
 from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
@@ -141,6 +143,16 @@ class DynamiteProcessor(ProcessorMixin):
                     raise ValueError(f"input_timestamps[{index}] must have one entry per click ({len(image_labels)})")
                 time_tensor[index, : len(image_labels)] = torch.as_tensor([int(t) for t in timestamps[index]])
         return point_tensor, label_tensor, time_tensor
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> list[str]:
+        """Write `preprocessor_config.json`, the image processor's file: this processor holds no settings of its own,
+        so `DynamiteImageProcessor`, `AutoImageProcessor` and `AutoProcessor` all read that one file (transformers'
+        default, a `processor_config.json` nesting it, is a second file that only processors read). When this class
+        is registered for `AutoProcessor`, its entry joins the file's `auto_map` and its code is copied beside it."""
+        os.makedirs(save_directory, exist_ok=True)
+        if self._auto_class is not None:
+            custom_object_save(self, save_directory, config=self.image_processor)
+        return self.image_processor.save_pretrained(save_directory, **kwargs)
 
     def post_process_masks(self, *args: Any, **kwargs: Any) -> list[dict[str, Tensor]]:
         """`DynamiteImageProcessor.post_process_masks`: per-query logits -> instance masks, scores, label map."""
