@@ -1,19 +1,33 @@
-"""The training pipeline learns to follow clicks (a regression guard for click learning).
+"""The training pipeline learns what a click means (a regression guard for click learning).
 
-A small run of `scripts/benchmark_click_learning.py`: generated images of 2-5 shapes cut from one texture on a
-background of another, so only the click can say which shape is meant. After 4,000 samples at 160 px (500 steps,
-two processes of one thread, batch 4 each; about 10 minutes on a quiet 2-core machine), one click per shape as a
-new instance must give each shape its own instance. Figures below: non-empty instances, instances holding their
-own click, mIoU.
+A short run of `scripts/benchmark_click_learning.py` fits 8 generated images of 2-5 shapes cut from one texture
+on a background of another (27 shapes, 128 px, no scale jitter; 300 steps of 8 on two processes), and is
+measured on the same images through the predictor, each shape clicked alone. Nothing but the click says which
+shape is meant: the trainer keeps a random subset of the shapes of each crop as instances (the others are
+background), so a pipeline that loses the click cannot fit them, however long it trains. The figure asserted has
+a ceiling for any such pipeline: a model that ignores where it is clicked gives one mask per image whichever shape
+is clicked, and the IoUs of one mask with disjoint shapes sum to at most 1, so its mean IoU is at most images /
+shapes = 8 / 27 = 0.30. The test asks for twice that, 0.6, and checks the measure against its control, the same
+trained network with every click moved to the image centre.
 
-The budget. At 2,400 samples (300 steps, as this test ran before) the run ends in the middle of learning it, and
-the outcome hung on float rounding and on the seed: the test's seed gave 96 % / 80 % / 0.57, then 77 % / 61 % /
-0.32 after a change to training equal up to rounding, and 99 % / 90 % / 0.66 without it; seeds 1 and 2 gave
-97 % / 91 % / 0.64 and 74 % / 51 % / 0.32 (with a click-loss weight of 50, seeds 2 and 3: 100 % / 90 % / 0.62 and
-86 % / 61 % / 0.34). At 4,000 samples, seeds 2 and 3: 91 % / 86 % / 0.64 and 94 % / 84 % / 0.65, the test's
-seed 94 % / 87 % / 0.69. The bundled saliency model of before: 30 % / 28 % / 0.11. A pipeline that loses the
-click (queries sampled at the wrong place, click positions dropped, targets that ignore the click) gives about
-one instance in k its own click.
+Figures, each shape clicked alone (mIoU) and one click per shape as new instances (instances holding their own
+click, mIoU), then the same network made click-blind (every click at the image centre), by trainer seed:
+
+    seed                      alone: mIoU   per shape: own click, mIoU   click-blind: mIoU alone
+    2091831170 (the test's)   0.89          100 %, 0.92                  0.19
+      one process             0.89          100 %, 0.92                  0.16
+    1, one process            0.93          100 %, 0.92                  0.04
+    2, one process            0.93          100 %, 0.93                  0.17
+    3, one process            0.87           96 %, 0.88                  0.14
+    4, one process            0.92          100 %, 0.93                  0.15
+
+(one process: batch 8, the same samples; only the loss's point sampling is drawn per process.) Within the five
+one-process runs, the checkpoints of step 200 already give 0.66-0.86 alone (step 150: 0.52-0.74). Pipelines that lose the click fail at the same budget: with
+each image's shapes merged into one instance (a click means every shape) 0.29 / 30 % / 0.12, with the training
+clicks put at random pixels (whatever instance they name) 0.22 / 15 % / 0.08, the untrained model 0.02 / 0 % /
+0.01. This replaces a run on 600 images measured on held-out ones (11 minutes) whose absolute thresholds sat in the
+middle of learning: a change to training equal up to float rounding moved the test's seed from 99 % / 90 % / 0.66
+to 77 % / 61 % / 0.32 (instances non-empty / holding their click / mIoU).
 """
 
 from __future__ import annotations
@@ -28,16 +42,17 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_click_lear
 
 
 @pytest.mark.slow
-def test_a_short_run_learns_to_give_each_clicked_shape_its_own_instance(tmp_path) -> None:
+def test_a_short_run_learns_which_of_alike_shapes_each_click_means(tmp_path) -> None:
     load_script(SCRIPT).main(
-        ["--output", str(tmp_path), "--train-images", "600", "--test-images", "20", "--image-size", "160"]
-        + ["--crop-size", "160", "--test-short-edge", "160", "--steps", "500", "--batch-size", "8"]
-        + ["--processes", "2", "--learning-rate", "1e-3"]
+        ["--output", str(tmp_path), "--train-images", "8", "--measure-on", "train", "--image-size", "128"]
+        + ["--crop-size", "128", "--test-short-edge", "128", "--min-scale", "1", "--max-scale", "1"]
+        + ["--steps", "300", "--batch-size", "8", "--processes", "2", "--learning-rate", "1e-3"]
         + ["--trainer-args", "--num-points 2048 --max-num-interactions 0 --click-loss-radius 2"]
     )
     report = json.loads((tmp_path / "report.json").read_text())["trained"]
-    separation = report["one_click_per_shape"]
-    assert report["objects"] >= 50
-    assert separation["non_empty_instances"] >= 0.9, report
-    assert separation["instances_containing_click"] >= 0.65, report
-    assert separation["mIoU"] >= 0.35, report
+    alone, click_blind = report["one_shape_clicked"], report["click_blind"]["one_shape_clicked"]
+    assert report["objects"] == 27 and alone["click_blind_ceiling"] == pytest.approx(8 / 27)
+    # The control: the same network, deaf to where it is clicked, cannot pass the ceiling (so neither this test).
+    assert click_blind["mIoU"] <= alone["click_blind_ceiling"], report
+    assert alone["mIoU"] >= 0.6 >= 2 * alone["click_blind_ceiling"], report
+    assert report["one_click_per_shape"]["instances_containing_click"] >= 0.8, report

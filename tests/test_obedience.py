@@ -11,6 +11,7 @@ from test_evaluate_script import evaluate_main
 from dynamite_hf.clicks import Click
 from dynamite_hf.data.benchmarks import EvaluationSample
 from dynamite_hf.evaluation.obedience import (
+    ClickBlindSegmenter,
     evaluate_instance_separation,
     evaluate_obedience,
     evaluate_single_click_choice,
@@ -97,6 +98,53 @@ def test_a_saliency_detector_fails_obedience() -> None:
     assert single["saliency_like"] == 1.0 and single["mIoU"] == pytest.approx(1 / 3)
     follower = single_click_metrics(evaluate_single_click_choice(ClickFollower(), [three_objects()], progress=False))
     assert follower["saliency_like"] == 0.0
+
+
+def two_objects() -> EvaluationSample:
+    """Two 10x10 squares on a 30x50 image (with `three_objects`: 5 objects on 2 images)."""
+    instance_map = np.zeros((30, 50), dtype=np.int32)
+    instance_map[5:15, 4:14], instance_map[12:22, 30:40] = 1, 2
+    return EvaluationSample("two", None, instance_map)
+
+
+def test_no_click_blind_segmenter_passes_the_click_blind_ceiling() -> None:
+    samples = [three_objects(), two_objects()]
+
+    def single(segmenter) -> dict:
+        return single_click_metrics(evaluate_single_click_choice(segmenter, samples, progress=False))
+
+    # 2 images, 5 objects: one mask per image whichever object is clicked scores at most 2 / 5 on average.
+    saliency = single(SaliencyDetector())
+    assert saliency["click_blind_ceiling"] == pytest.approx(2 / 5)
+    assert saliency["mIoU"] == pytest.approx(saliency["click_blind_ceiling"])  # all objects: the ceiling exactly
+    follower = single(ClickFollower())
+    assert follower["mIoU"] > 0.45 > follower["click_blind_ceiling"]
+    # The same segmenter with every click moved to the image centre.
+    deaf = single(ClickBlindSegmenter(ClickFollower()))
+    assert deaf["mIoU"] <= deaf["click_blind_ceiling"] == pytest.approx(2 / 5)
+
+
+class FixedMask:
+    """One random mask per image (half the pixels of a random box), wherever the click is."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def start(self, sample: EvaluationSample) -> None:
+        height, width = sample.instance_map.shape
+        top, left = self.rng.integers(0, height // 2), self.rng.integers(0, width // 2)
+        self.mask = np.zeros((height, width), dtype=bool)
+        self.mask[top : top + height // 2, left : left + width // 2] = self.rng.random((height // 2, width // 2)) < 0.5
+
+    def predict(self, clicks: list[Click]) -> np.ndarray:
+        return self.mask[None]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_any_fixed_mask_stays_within_the_click_blind_ceiling(seed) -> None:
+    samples = [three_objects(), two_objects()]
+    metrics = single_click_metrics(evaluate_single_click_choice(FixedMask(seed), samples, progress=False))
+    assert metrics["mIoU"] <= metrics["click_blind_ceiling"] + 1e-9
 
 
 def test_obedience_metrics_by_hand() -> None:

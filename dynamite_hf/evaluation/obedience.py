@@ -10,6 +10,11 @@ measures can:
 - multi instance (`evaluate_instance_separation`): one click per object (the protocol's initial clicks, each a
   new instance); per object, whether its instance came out empty and whether its click pixel carries its own
   instance in the fused prediction.
+- each object clicked alone (`evaluate_single_click_choice`): the IoU with that object, and whether the mask also
+  took half of another. On images of several disjoint objects, a segmenter that ignores where it is clicked gives
+  one mask per image whichever object is clicked, and the IoUs of one mask with disjoint objects sum to at most 1:
+  its mean IoU stays within `click_blind_ceiling` (images / objects), whatever the network. `ClickBlindSegmenter`
+  makes any segmenter such a control.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..clicks import Click
 from ..data.benchmarks import EvaluationSample
 from .clicker import Clicker
 from .protocols import Segmenter
@@ -182,10 +188,34 @@ def evaluate_single_click_choice(
 
 
 def single_click_metrics(result: SingleClickResult) -> dict:
+    """The mean IoU and the saliency-like share over every object, and `click_blind_ceiling`: the highest mean
+    IoU a segmenter that ignores where it is clicked can reach on these images (see the module docstring; objects
+    whose IoU is undefined, an empty object and an empty mask, are left out of both)."""
     ious = [v for image in result.ious for v in image]
     spills = [v for image in result.spills for v in image]
+    counted = [sum(not np.isnan(v) for v in image) for image in result.ious]
     return {
         "objects": len(ious),
         "mIoU": float(np.nanmean(ious)) if ious else float("nan"),
         "saliency_like": float(np.mean(spills)) if spills else float("nan"),
+        "click_blind_ceiling": sum(n > 0 for n in counted) / sum(counted) if sum(counted) else float("nan"),
     }
+
+
+class ClickBlindSegmenter:
+    """`segmenter` made deaf to where it is clicked: every click moved to the centre pixel of the image, its sign,
+    instance and order kept. The control of the measures above: the same network, unable to follow a click, so
+    its single-click mIoU stays within `click_blind_ceiling`."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.centre_row_col = (0.0, 0.0)
+
+    def start(self, sample: EvaluationSample) -> None:
+        height, width = sample.instance_map.shape
+        self.centre_row_col = (float(height // 2), float(width // 2))
+        self.segmenter.start(sample)
+
+    def predict(self, clicks: list[Click]) -> np.ndarray:
+        row, col = self.centre_row_col
+        return self.segmenter.predict([replace(click, row=row, col=col) for click in clicks])
