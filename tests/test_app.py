@@ -256,7 +256,7 @@ def test_uploads_of_every_kind_open_as_people_expect(server, tmp_path) -> None:
     message = upload(client, tmp_path / "huge.png")[STATUS]
     assert message.startswith(
         f"⚠️ 'huge.png' is too large to open here (12000x9000 pixels, 108 megapixels; this app opens images up to "
-        f"{MAX_MEGAPIXELS} megapixels)."
+        f"{MAX_MEGAPIXELS} megapixels: the app's operator sets it with --max-megapixels or DYNAMITE_MAX_MEGAPIXELS)."
     ), message
     assert "max_image_pixels" not in message and "images already here are kept" in message
     assert "Exported 2 image(s) (1 without instances), 1 instance(s)" in client.predict(api_name="/export")[1]
@@ -336,7 +336,7 @@ def test_page_actions_apply_in_the_order_made_whatever_order_they_arrive_in(tmp_
             applied.append(first)
             app.apply(session, actions)
 
-    display_height, display_width = session.image.display().shape[:2]
+    display_height, display_width = session.image.overlay_size
     later = threading.Thread(target=send, args=(2, [{"kind": "click", "x": 300, "y": 300}]))
     later.start()  # arrives first
     time.sleep(0.2)
@@ -363,7 +363,10 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
     app.click(session, 40, 60, False)
     only_first = np.zeros(session.image.size, dtype=np.int32)
     only_first[:20, :20] = 1  # instance 2's mask came out empty
-    monkeypatch.setattr(app.cache, "label_map", lambda image, size=None, pixels=None: only_first)
+    monkeypatch.setattr(app.cache, "label_map", lambda image, owner="", pixels=None: only_first)
+    shown = np.zeros(session.image.overlay_size, dtype=np.int32)
+    shown[:100, :100] = 1  # the same at the overlay's size
+    monkeypatch.setattr(app.cache, "overlay", lambda image, owner="", pixels=None: (None, shown))
     files, message = app.export(session)
     assert "Exported 1 image(s), 2 instance(s)" in message and "instance(s) 2 empty" in message, message
     with zipfile.ZipFile(next(f for f in files if f.endswith("dataset.zip"))) as archive:
@@ -409,7 +412,7 @@ def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path
     session = AnnotationSession()
     app.add_images(session, [large])
     image = session.image
-    assert image.display().shape == (439, 1024, 3)
+    assert image.overlay_size == (439, 1024) and app.cache.overlay(image)[0].shape == (439, 1024, 3)
     row, col = image.image_point(219.5, 512.5)  # the centre of overlay pixel (219, 512), in the image's pixels
     assert abs(row - 219.5 * 600 / 439) < 1e-9 and abs(col - 512.5 * 1400 / 1024) < 1e-9
     app.click(session, row, col, False)
@@ -419,7 +422,7 @@ def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path
         exported = np.asarray(png(archive, "label_maps/large.png"))
     assert np.array_equal(exported, predictor_label_map(model, str(large), image.clicks))  # the image's own masks
     app.add_images(session, [write_image(tmp_path, 0)])  # 60x80: enlarged so it can be clicked
-    assert session.image.display().shape == (384, 512, 3) and app.render(session).shape == (384, 512, 3)
+    assert session.image.overlay_size == (384, 512) and app.render(session).shape == (384, 512, 3)
 
 
 def test_images_too_small_to_click_are_refused(tmp_path) -> None:
@@ -509,13 +512,13 @@ def test_predictor_cache_is_bounded_by_bytes_and_keeps_the_image_it_serves(tmp_p
 
     cache = PredictorCache(model, app.processor, max_images=8, max_bytes=int(2.5 * one_image))
     for image in session.images:
-        cache.label_map(image, image.display().shape[:2])
+        cache.overlay(image)
     assert list(cache._images) == [image.key for image in session.images[2:]]  # two fit; the oldest went first
     assert cache.nbytes() <= cache.max_bytes
 
     alone = PredictorCache(model, app.processor, max_images=8, max_bytes=one_image // 2)
     for image in session.images[:2]:
-        alone.label_map(image, image.display().shape[:2])
+        alone.overlay(image)
     assert list(alone._images) == [session.images[1].key]  # over the budget alone, but the image served stays
 
     with pytest.raises(ValueError, match="max_cache_mb.*got 0"):
