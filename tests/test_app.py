@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import re
 import tempfile
 import threading
 import time
@@ -13,10 +14,12 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from app_server import app_process, running_app
 from PIL import Image
+from pycocotools import mask as mask_utils
 from tiny import tiny_model
 
 import dynamite_hf.app.annotator
@@ -545,3 +548,79 @@ def test_remove_instance_and_reset_are_undoable_and_renumber_like_the_predictor(
     assert [c.instance for c in image.clicks] == [0, 1, 2] and image.annotation.classes == ("object", "cat", "dog")
     assert "cleared" in app.reset(session) and image.clicks == []
     assert app.undo(session) == "Undone." and len(image.clicks) == 3
+
+
+def readme_segment_example() -> str:
+    """The README's gradio_client example of the stateless call, as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    return next(block for block in blocks if 'api_name="/segment"' in block)
+
+
+def test_the_stateless_call_segments_an_image_from_json_clicks(server, model_dir, tmp_path) -> None:
+    """Issue 39 item 5: /segment takes an image and its clicks as JSON and gives the label map (PNG) and the COCO JSON
+    the predictor gives, through the README's gradio_client example run as it is written; it keeps no session."""
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photo)
+    code = readme_segment_example().replace("http://127.0.0.1:7860/", server).replace('"photo.jpg"', repr(str(photo)))
+    namespace: dict = {}
+    exec(code, namespace)  # the README's own lines
+    label_map = np.asarray(Image.open(namespace["label_map_png"]))
+    expected = predictor_label_map(
+        model_dir,
+        decode_upload(photo).pixels,
+        [Click(0, 120.0, 300.0, 0), Click(1, 400.0, 80.0, 1), Click(None, 10.0, 10.0, 2)],
+    )
+    assert label_map.shape == (480, 640) and np.array_equal(label_map, expected)
+    coco = namespace["coco"]
+    assert coco["images"] == [{"id": 1, "file_name": "photo.jpg", "height": 480, "width": 640}]
+    assert [a["instance"] for a in coco["annotations"]] == [0, 1]
+    for annotation in coco["annotations"]:
+        rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), label_map == annotation["instance"] + 1)
+    client = namespace["client"]
+    assert "Nothing to export" in client.predict(api_name="/export")[1]  # the call used no session
+
+    # A large image is worked on at 2048 px: the clicks (in its own pixels) come along, and the sizes say so.
+    large = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (2000, 3000, 3), dtype=np.uint8)).save(large)
+    clicks = json.dumps([{"row": 1500, "col": 2400, "instance": 0}])  # a JSON string is taken too
+    label_map_png, coco = client.predict(gradio_client.handle_file(str(large)), clicks, api_name="/segment")
+    scale = 2048 / 3000
+    expected = predictor_label_map(model_dir, decode_upload(large).pixels, [Click(0, 1500 * scale, 2400 * scale, 0)])
+    assert np.array_equal(np.asarray(Image.open(label_map_png)), expected)
+    assert (coco["images"][0]["height"], coco["images"][0]["width"]) == (1365, 2048)
+    for clicks, message in (
+        ([{"row": 1, "col": 1}], r"clicks\[0\] needs row, col and instance"),
+        ([{"row": 999, "col": 1, "instance": 0}], r"clicks\[0\] at \(row=999, col=1\) lies outside the 640x480 image"),
+        ("[not json", "clicks is not valid JSON"),
+    ):
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            client.predict(gradio_client.handle_file(str(photo)), clicks, api_name="/segment")
+
+
+def test_the_api_page_lists_the_api_and_not_the_pages_own_events(server) -> None:
+    """Issue 39 item 5: the stateless call and the session endpoints are documented; the page's own events are
+    callable but undocumented (Gradio 6's api_visibility), and the JS-only buttons have no endpoint."""
+    info = httpx.get(f"{server}gradio_api/info").json()
+    assert sorted(info["named_endpoints"]) == sorted(
+        f"/{name}"
+        for name in (
+            "upload",
+            "click",
+            "add_instance",
+            "select_instance",
+            "set_class",
+            "show_image",
+            "undo",
+            "remove_instance",
+            "reset",
+            "export",
+            "segment",
+        )
+    )
+    assert info["unnamed_endpoints"] == {}
+    dependencies = httpx.get(f"{server}config").json()["dependencies"]
+    visibility = {d["api_name"]: d["api_visibility"] for d in dependencies if d.get("api_name")}
+    assert visibility["page_actions"] == visibility["page_upload"] == "undocumented"
+    assert visibility["segment"] == "public"

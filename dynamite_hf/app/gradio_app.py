@@ -162,12 +162,13 @@ def _status(messages: list[str]) -> str:
 def build_demo(app: DynamiteApp) -> gr.Blocks:
     """The Gradio Blocks page over `app` (start it with `launch`, which adds the page script and style)."""
 
-    def view(session, messages, before, files=None, look_sent=False):
-        """The outputs after an action (`before`: `_snapshot` from before it, None to send everything)."""
+    def view(session, messages, before, files=None, look_sent=False, instances_sent=False):
+        """The outputs after an action (`before`: `_snapshot` from before it, None to send everything;
+        `instances_sent`: send the instance list even if unchanged, to undo a refused choice in the page)."""
         after = _snapshot(session)
 
         def changed(part):
-            return before is None or before[part] != after[part]
+            return before is None or before[part] != after[part] or (part == "instances" and instances_sent)
 
         image = gr.skip()
         if changed("canvas"):
@@ -208,11 +209,17 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
             messages, files = app.apply(session, batch)
             # A view setting that was clamped or refused is sent back, so its box shows the value in force; others
             # are not (a slider being dragged would jump back to where an earlier answer left it).
-            corrected = any(
-                action.get("kind") == "look" and message.startswith("⚠️")
-                for action, message in zip(batch, messages, strict=True)
+            refused = {
+                action.get("kind") for action, message in zip(batch, messages, strict=True) if message.startswith("⚠️")
+            }
+            return view(
+                session,
+                [*warnings, *messages],
+                before,
+                files,
+                look_sent="look" in refused,
+                instances_sent="select_instance" in refused,
             )
-            return view(session, [*warnings, *messages], before, files, look_sent=corrected)
 
     def on_upload(request: gr.Request, session: AnnotationSession, paths, sequence):
         app.remember(request.session_hash, session)
