@@ -23,6 +23,7 @@ from PIL import Image, ImageFile
 from test_app import STATUS, export_zip, upload, write_image
 from tiny import tiny_model
 
+import dynamite_hf.app.annotator
 import dynamite_hf.app.scheduler
 from dynamite_hf import DynamiteImageProcessor
 from dynamite_hf.app.annotator import DynamiteApp
@@ -41,6 +42,7 @@ LIMITS = {
     "--max-megapixels": 1,
     "--max-history-kb": 2,
     "--max-pending": 2,
+    "--max-requests-per-second": 20,
 }
 
 
@@ -82,12 +84,15 @@ def png_file(path: Path, size: tuple[int, int], mode: str = "RGB", noise: bool =
     return path
 
 
-def join(url: str, session_hash: str, api_name: str, data: list) -> httpx.Response:
-    """Join the queue for `api_name` as a page would, without reading the answer."""
+def join(url: str, session_hash: str, api_name: str, data: list, times: int = 1) -> httpx.Response | list:
+    """Join the queue for `api_name` as a page would (`times` times in a row: a list of responses), without reading
+    the answer."""
     config = httpx.get(f"{url}config").json()
     fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
     body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
-    return httpx.post(f"{url}gradio_api/queue/join", json=body)
+    with httpx.Client() as http:
+        responses = [http.post(f"{url}gradio_api/queue/join", json=body) for _ in range(times)]
+    return responses[0] if times == 1 else responses
 
 
 # -- the limits over HTTP --------------------------------------------------------------------------------------------
@@ -191,6 +196,17 @@ def test_requests_per_session_over_http(limited) -> None:
         completed = sum('"process_completed"' in line for line in stream.iter_lines())
     assert completed == 2
     assert join(limited, session_hash, "add_instance", [None]).status_code == 200
+
+
+def test_request_rate_per_session_over_http(limited) -> None:
+    """A session sending requests faster than --max-requests-per-second (bursts of twice that) is refused: a tight
+    loop of cheap requests would otherwise spend the server's time; other sessions go on."""
+    session_hash = uuid.uuid4().hex
+    details = [r.json().get("detail", "") for r in join(limited, session_hash, "add_instance", [None], times=50)]
+    assert "requests waiting or running" in details[5]  # the queue's share refused first...
+    assert details[-1].startswith("Request refused: this session sent more than 20 requests a second"), details[-1]
+    assert_names_the_limit(details[-1], "max_requests_per_second", 20)
+    assert join(limited, uuid.uuid4().hex, "add_instance", [None]).status_code == 200
 
 
 def test_a_decompression_bomb_is_refused_by_its_header_over_http(limited, tmp_path) -> None:
@@ -421,3 +437,21 @@ def test_a_closed_page_frees_its_images_and_a_dropped_session_its_files(model_di
     del dropped
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_path, monkeypatch) -> None:
+    """Gradio keeps a closed session's state for an hour; its uploads go sooner (a visitor could otherwise fill the
+    disk with sessions opened and closed), unless the page acts again (a dropped connection that came back)."""
+    monkeypatch.setattr(dynamite_hf.app.annotator, "RELEASE_GRACE_S", 0.3)
+    app = DynamiteApp(tiny_model(), "tiny")
+    gone, back = AnnotationSession(), AnnotationSession()
+    for session_hash, session in (("gone", gone), ("back", back)):
+        app.remember(session_hash, session)
+        app.add_images(session, [write_image(tmp_path, 0, f"{session_hash}.png")])
+    app.release("gone")
+    app.release("back")
+    assert gone.folder.is_dir() and back.folder.is_dir()  # within the grace period
+    time.sleep(0.5)
+    app.remember("back", back)  # it acts again; any request sweeps the sessions whose grace is over
+    assert not gone.folder.exists() and back.folder.is_dir()
+    assert "ready" in app.show_image(back, 0)

@@ -44,6 +44,8 @@ from .uploads import UploadRefused, decode_upload
 # Export folders kept on disk (the newest ones): Gradio serves a copy from its own cache once the export
 # returns, so older folders are only disk space on a long-running server.
 MAX_EXPORTS_KEPT = 32
+# A closed page's session keeps its files this long, in case the page comes back (a dropped connection).
+RELEASE_GRACE_S = 300.0
 LOOK_RANGES = {"alpha": (0.0, 1.0), "radius": (0, 12)}  # the overlay's opacity and the click markers' radius (px)
 MAX_CLASS_NAME = 64
 
@@ -90,24 +92,41 @@ class DynamiteApp:
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.work_root, ignore_errors=True)
         self._exports: deque[Path] = deque()
         self._exports_lock = threading.Lock()
+        self._released: list[tuple[float, AnnotationSession, int]] = []  # (when to end it, session, its actions)
 
     def end_session(self, session: AnnotationSession) -> None:
-        """Free what a session that went away held: its uploads on disk and its images' cached features."""
+        """Free what a session that went away held: its uploads on disk and its images' cached features. (Gradio
+        calls this on its event loop: nothing here waits for the session's lock.)"""
         session.remove_files()
         self.cache.discard({image.key for image in session.images})
 
     def remember(self, session_hash: str, session: AnnotationSession) -> None:
-        """Note which session Gradio's `session_hash` names (for `release`)."""
+        """Note which session Gradio's `session_hash` names (for `release`), at each of its actions."""
+        session.actions += 1
         if session_hash:
             self._sessions[session_hash] = session
+        self._end_quiet_sessions()
 
     def release(self, session_hash: str) -> None:
-        """The page of `session_hash` closed: free the cached features, pixels and label maps of its images at once.
-        Its clicks and files stay until Gradio drops the session (an hour later: the page may come back), and
-        anything freed is rebuilt if it does."""
+        """The page of `session_hash` closed: free the cached features, pixels and label maps of its images at once,
+        and its files `RELEASE_GRACE_S` later unless it acted again meanwhile (a connection that dropped and came
+        back: then whatever was freed is rebuilt). Gradio itself keeps a closed session's state for an hour, so its
+        uploads would otherwise fill the disk as fast as a visitor can upload."""
         session = self._sessions.pop(session_hash, None)
         if session is not None:
             self.cache.discard({image.key for image in session.images})
+            with self._exports_lock:
+                self._released.append((time.monotonic() + RELEASE_GRACE_S, session, session.actions))
+        self._end_quiet_sessions()
+
+    def _end_quiet_sessions(self) -> None:
+        now = time.monotonic()
+        with self._exports_lock:
+            due = [entry for entry in self._released if entry[0] <= now]
+            self._released = [entry for entry in self._released if entry[0] > now]
+        for _, session, actions in due:
+            if session.actions == actions:
+                self.end_session(session)
 
     # -- images -------------------------------------------------------------------------------------------
     def add_images(self, session: AnnotationSession, paths: Sequence[str | Path]) -> str:
@@ -531,7 +550,9 @@ class DynamiteApp:
         shown = name or Path(path).name
         limits = {"max_instances": self.limits.max_instances, "max_clicks": self.limits.max_clicks}
 
-        def compute() -> tuple[np.ndarray, dict]:
+        folder = self.export_root / uuid.uuid4().hex
+
+        def compute() -> tuple[Path, dict]:
             decoded = decode_upload(path, shown, self.limits.max_megapixels)
             height, width = decoded.pixels.shape[:2]
             original_height, original_width = decoded.original_size
@@ -546,17 +567,16 @@ class DynamiteApp:
                         f"the {original_width}x{original_height} image"
                     )
             label_map = predictor.label_map_of(scaled)
-            return label_map, export.to_coco(label_map, file_name=shown, num_instances=num_instances)
+            png = export.save_label_map(label_map, _made(folder) / f"{Path(shown).stem}_label_map.png")
+            return png, export.to_coco(label_map, file_name=shown, num_instances=num_instances)
 
-        label_map, coco = self.lanes.run(owner, compute, background=True)
-        folder = _made(self.export_root / uuid.uuid4().hex)
-        path = export.save_label_map(label_map, folder / f"{Path(shown).stem}_label_map.png")
+        png, coco = self.lanes.run(owner, compute, background=True)
         with self._exports_lock:
             self._exports.append(folder)
             stale = [self._exports.popleft() for _ in range(len(self._exports) - MAX_EXPORTS_KEPT)]
         for old in stale:
             shutil.rmtree(old, ignore_errors=True)
-        return str(path), coco
+        return str(png), coco
 
 
 _LOOK_KEYS = ("alpha", "radius", "masks_only")

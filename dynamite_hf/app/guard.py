@@ -3,14 +3,18 @@
 - A request body over its size: uploads (multipart) over `max_upload_mb` x `max_images` in all (each file is held to
   `max_upload_mb` by Gradio's own `max_file_size`), any other body over `max_request_kb`. Refused with 413 from the
   declared length, or once that many bytes have come; an upload must declare its length (411 otherwise).
-- A queue join from a session that already has `max_pending` requests waiting or running (429), so one client
-  cannot fill the queue that every visitor shares.
+- A queue join from a session that already has `max_pending` requests waiting or running, or that has sent more
+  than `max_requests_per_second` (a token bucket holding two seconds' worth): 429, so one client can neither fill the
+  queue every visitor shares nor spend the server's time on a tight loop of cheap requests.
 - Gradio's own refusal of a file over `max_file_size` (413) is reworded to name the limit and how to change it.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -34,6 +38,21 @@ class RequestGuard:
 
     def __init__(self, app: ASGIApp, limits: AppLimits, pending: Callable[[str], int]) -> None:
         self.app, self.limits, self.pending = app, limits, pending
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # session hash -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def _allowed(self, session_hash: str) -> bool:
+        """Take a token from the session's bucket (refilled at `max_requests_per_second`, two seconds' worth)."""
+        rate = self.limits.max_requests_per_second
+        now = time.monotonic()
+        with self._lock:
+            tokens, when = self._buckets.pop(session_hash, (2.0 * rate, now))
+            tokens = min(2.0 * rate, tokens + (now - when) * rate)
+            allowed = tokens >= 1.0
+            self._buckets[session_hash] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self._buckets) > 10_000:  # the least recently seen sessions' buckets are full again by now
+                self._buckets.popitem(last=False)
+        return allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -81,6 +100,15 @@ class RequestGuard:
                 break
         if scope["path"].rstrip("/").endswith("/queue/join"):
             session_hash = _session_hash(bytes(body))
+            if session_hash and not self._allowed(session_hash):
+                await _respond(
+                    send,
+                    429,
+                    f"Request refused: this session sent more than {self.limits.max_requests_per_second} requests a "
+                    f"second, the most the app takes from one session ({AppLimits.how_to_change('max_requests_per_second')}"
+                    "). Wait a moment.",
+                )
+                return
             if session_hash and self.pending(session_hash) >= self.limits.max_pending:
                 await _respond(
                     send,

@@ -49,6 +49,11 @@ class AppLimits:
     max_pending: int = _limit(
         4, "requests per session waiting or running at once", "the page itself never has more than 3"
     )
+    max_requests_per_second: int = _limit(
+        10,
+        "requests per session per second, in bursts of twice that",
+        "the page sends one at a time, each after the last answer; a loop of cheap requests costs the server's time",
+    )
     max_queue: int = _limit(64, "requests waiting at once, all sessions", "requests beyond are told the app is busy")
     session_idle_minutes: int = _limit(
         360, "minutes a session is kept after its last action", "for clients that never close their session"

@@ -169,6 +169,7 @@ class AnnotationSession:
         self.new_class = DEFAULT_CLASS  # the class new instances get
         self.look = Look()
         self.next_sequence = 1
+        self.actions = 0  # requests seen (`DynamiteApp.remember`): whether a closed page came back
         self.lock = threading.Condition()
 
     def __deepcopy__(self, memo: dict) -> AnnotationSession:
