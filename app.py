@@ -3,6 +3,7 @@
 
 python app.py                          # bundled model (or a labelled fallback), http://127.0.0.1:7860
 python app.py --model path/or/hub-id   # or set DYNAMITE_MODEL
+python app.py --max-instances 50       # or set DYNAMITE_MAX_INSTANCES=50: every limit below (README "Limits")
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import signal
 
 from dynamite_hf.app.annotator import DynamiteApp
 from dynamite_hf.app.gradio_app import build_demo, launch, load_app_model
+from dynamite_hf.app.limits import AppLimits
 from dynamite_hf.app.session import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS
 from dynamite_hf.inference.runtime import tune_cpu_allocator
 
@@ -41,18 +43,20 @@ def main(argv: list[str] | None = None) -> None:
         help="opt-in int8 FFN layers (masks change slightly; clicks 1.0-1.26x as fast as float32 on this project's "
         "2-core CPU: README 'int8'); or set DYNAMITE_INT8=1",
     )
+    AppLimits.add_arguments(parser)
     args = parser.parse_args(argv)
+    limits = AppLimits.from_arguments(args)
     tune_cpu_allocator()
     model, processor, label = load_app_model(args.model)
     if args.int8:
         from dynamite_hf.inference.int8 import quantize_int8
 
         model, label = quantize_int8(model), f"{label} (int8)"
-    demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb, processor))
+    demo = build_demo(DynamiteApp(model, label, args.max_sessions, args.max_cache_mb, processor, limits))
     # A stop by SIGTERM (a container or Space being stopped) shuts down as Ctrl+C does: Gradio closes its server
     # and the interpreter exits normally, removing the app's export folder instead of leaving it behind.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    launch(demo, server_name=args.host, server_port=args.port)
+    launch(demo, limits, server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

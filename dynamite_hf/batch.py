@@ -13,6 +13,10 @@ The clicks file is JSON:
 with at least one click) or `null` for a background click. Clicks are listed in the order they were made (it
 sets their timestamps). Relative image paths are read from the clicks file's folder.
 
+Limits, checked before any image is read: a clicks file of at most `--max-clicks-file-mb` (default 100), and per
+image at most `--max-instances` instances and `--max-clicks` clicks (the predictor's defaults, 30 and 300: README
+"Limits"; 0 lifts one). Images over the image processor's `max_image_pixels` are refused before decoding.
+
 For each image, `OUTPUT/<image stem>/` receives, by `--format`: `png` (label_map.png with instance ids and
 label_map_palette.png in colour), `instances` (instance_000.png, ... 0/255), `coco` (coco.json with RLE) and
 `overlay` (overlay.png). Every clicked instance is written, even when its mask came out empty (an all-zero
@@ -38,17 +42,37 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import export
-from .clicks import Click
+from .clicks import clicks_from_json
 from .models.dynamite.modeling_dynamite import DynamiteModel
-from .predictor import DynamitePredictor
+from .predictor import DEFAULT_MAX_CLICKS, DEFAULT_MAX_INSTANCES, DynamitePredictor
 from .sharding import current_processes, run_sharded
 
 FORMATS = ("png", "instances", "coco", "overlay")
+# A clicks file larger than this is refused before it is read (parsed, JSON takes about ten times its size).
+DEFAULT_MAX_CLICKS_FILE_MB = 100
 
 
-def read_jobs(path: str | Path) -> list[dict[str, Any]]:
-    """Parse and check a clicks file; image paths come back absolute, clicks as `Click`s (original frame)."""
+def read_jobs(
+    path: str | Path,
+    max_instances: int | None = DEFAULT_MAX_INSTANCES,
+    max_clicks: int | None = DEFAULT_MAX_CLICKS,
+    max_file_mb: float | None = DEFAULT_MAX_CLICKS_FILE_MB,
+) -> list[dict[str, Any]]:
+    """Parse and check a clicks file; image paths come back absolute, clicks as `Click`s (original frame).
+
+    Every image's clicks are checked against `max_instances` and `max_clicks` here, before any image is read, and
+    the file against `max_file_mb` before it is parsed (None: no limit).
+    """
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ValueError(f"clicks file {str(path)!r} is not readable ({error})") from None
+    if max_file_mb is not None and size > max_file_mb * 2**20:
+        raise ValueError(
+            f"clicks file {str(path)!r} holds {size / 2**20:.1f} MB, more than --max-clicks-file-mb {max_file_mb:g}; "
+            "split it, or raise the limit (0: none)"
+        )
     try:
         document = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -60,15 +84,16 @@ def read_jobs(path: str | Path) -> list[dict[str, Any]]:
         where = f"{path.name}: images[{index}]"
         if not isinstance(entry, dict) or "image" not in entry or not isinstance(entry.get("clicks"), list):
             raise ValueError(f"{where} must have 'image' and a list of 'clicks'")
-        clicks = []
-        for number, click in enumerate(entry["clicks"]):
-            try:
-                instance = click["instance"]
-                clicks.append(Click(instance, float(click["row"]), float(click["col"]), number))
-            except (KeyError, TypeError, ValueError) as error:
+        clicks = clicks_from_json(entry["clicks"], f"{where}.clicks")
+        num_instances = len({click.instance for click in clicks if click.instance is not None})
+        for count, limit, what, flag in (
+            (num_instances, max_instances, "instances", "--max-instances"),
+            (len(clicks), max_clicks, "clicks", "--max-clicks"),
+        ):
+            if limit is not None and count > limit:
                 raise ValueError(
-                    f"{where}.clicks[{number}] needs row, col and instance (int or null): {error}"
-                ) from None
+                    f"{where} has {count} {what}, more than {flag} {limit} (README 'Limits'); raise it, or 0 for none"
+                )
         image = (path.parent / entry["image"]).resolve()
         if image.stem in folders:
             raise ValueError(
@@ -105,11 +130,9 @@ def segment_images(
     results = []
     for job in tqdm(jobs, desc="segmenting", unit="image", disable=not progress or len(jobs) < 2):
         predictor.set_image(job["image"])
-        for click in job["clicks"]:
-            if click.instance is None:
-                predictor.add_background_click(click.row, click.col)
-            else:
-                predictor.add_click(click.row, click.col, instance=click.instance)
+        # One prediction from all the clicks (their order sets the timestamps): what replaying them one by one
+        # ends on, without a prediction and an undo step per click.
+        predictor.set_clicks(job["clicks"])
         folder = Path(output_dir) / Path(job["image"]).stem
         folder.mkdir(parents=True, exist_ok=True)
         label_map, num_instances = predictor.label_map, predictor.num_instances
@@ -138,11 +161,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--clicks", required=True, help="the clicks JSON file (format above)")
     parser.add_argument("--output", required=True, help="folder for the results")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument(
+        "--max-instances", type=_limit, default=DEFAULT_MAX_INSTANCES, help="instances per image (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-clicks", type=_limit, default=DEFAULT_MAX_CLICKS, help="clicks per image (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-clicks-file-mb", type=_limit, default=DEFAULT_MAX_CLICKS_FILE_MB, help="default %(default)s MB"
+    )
     args = parser.parse_args(argv)
-    jobs = read_jobs(args.clicks)
+    try:
+        jobs = read_jobs(args.clicks, args.max_instances, args.max_clicks, args.max_clicks_file_mb)
+    except ValueError as error:
+        parser.error(str(error))
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     processes = current_processes()
-    predictor = DynamitePredictor(DynamiteModel.from_pretrained(args.model).to(processes.device))
+    model = DynamiteModel.from_pretrained(args.model).to(processes.device)
+    predictor = DynamitePredictor(model, max_instances=args.max_instances, max_clicks=args.max_clicks)
     results = run_sharded(
         lambda share, progress: segment_images(predictor, share, args.output, formats, progress),
         jobs,
@@ -159,6 +195,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             plural = "s" if len(result.empty_instances) > 1 else ""
             verb = "have empty masks" if plural else "has an empty mask"
             print(f"{result.image.name}: instance{plural} {names} {verb} (exported all the same)")
+
+
+def _limit(value: str) -> int | None:
+    """A limit given on the command line: a positive integer, or 0 for none."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0: no limit), got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0: no limit), got {value!r}")
+    return number or None
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,34 @@ class Click:
     def rescaled(self, scale_row: float, scale_col: float, frame: Frame) -> Click:
         """This click with its coordinates multiplied by the scales and re-labelled as `frame`."""
         return replace(self, row=self.row * scale_row, col=self.col * scale_col, frame=frame)
+
+
+def clicks_from_json(entries: Any, where: str = "clicks") -> list[Click]:
+    """Clicks as JSON holds them (the batch command's clicks file, the app's stateless API): a list of
+    `{"row": y, "col": x, "instance": k}` in the order they were made, `row`/`col` in pixels of the image, `instance`
+    0-based or `null` for a background click. Timestamps follow the list's order.
+
+    Raises:
+        ValueError: naming `where` and the click, for anything else.
+    """
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{where} must be a list of clicks ({{'row': y, 'col': x, 'instance': k or null}}), got "
+            f"{type(entries).__name__}"
+        )
+    clicks = []
+    for number, entry in enumerate(entries):
+        try:
+            instance = entry["instance"]
+            if isinstance(instance, bool):
+                raise ValueError(f"instance must be an int or null, got {instance!r}")
+            row, col = float(entry["row"]), float(entry["col"])
+            if not (math.isfinite(row) and math.isfinite(col)):
+                raise ValueError(f"row and col must be finite numbers, got row={entry['row']!r}, col={entry['col']!r}")
+            clicks.append(Click(instance, row, col, number))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{where}[{number}] needs row, col and instance (int or null): {error}") from None
+    return clicks
 
 
 def without_instance(clicks: Sequence[Click], instance: int) -> list[Click]:

@@ -12,6 +12,10 @@ original's convention: the global click counter from 0, in click order, over the
 session (an undone click frees its timestamp; removing an instance renumbers the remaining clicks 0..n-1 in
 the order they were made). The architecture takes no mask input, so there is no `initial_masks`: a session
 always starts from clicks.
+
+Limits (arguments of `DynamitePredictor`, `None` for none): at most `max_instances` instances and `max_clicks` clicks
+per image, refused where the clicks enter with the session unchanged; and at most `max_history_mb` of label maps in
+the undo history (older steps keep their clicks and are predicted again on undo).
 """
 
 from __future__ import annotations
@@ -33,11 +37,21 @@ from .models.dynamite.refinement import BoundaryRefiner
 
 logger = logging.getLogger(__name__)
 
+# Per-image limits. The model was trained on at most 30 instances per image (the original's data mapper keeps
+# min(0.7 n, 30) of an image's objects); the paper's multi-instance protocol gives each instance 10 clicks, and
+# 10 x 30 = 300 clicks stays under the temporal normaliser (`temporal_norm`, 500), below which every click's time
+# is encoded as in training (past it, every timestamp is divided by the largest instead). A click at these limits
+# takes about 2 s (one thread) and its exact masks for a 2048 x 1536 image about 2 GB at peak (README "Limits").
+DEFAULT_MAX_INSTANCES = 30
+DEFAULT_MAX_CLICKS = 300
+# Label maps kept by the undo history: 20 steps of a 2048 x 1536 image (int32).
+DEFAULT_MAX_HISTORY_MB = 256
+
 
 @dataclass(frozen=True)
 class _State:
     clicks: tuple[Click, ...]
-    label_map: np.ndarray  # (H, W) int32, 0 = background, k + 1 = instance k
+    label_map: np.ndarray | None  # (H, W) int32, 0 = background, k + 1 = instance k; None: dropped, predicted again
 
 
 def load_processor(path: str | os.PathLike) -> DynamiteProcessor:
@@ -72,6 +86,12 @@ class DynamitePredictor:
         refine_boundaries: snap the mask boundaries to the image's edges with the processor's guided filter
             (`guided_filter_radius`). Default: on when the processor's radius is positive (the bundled CPU model),
             off otherwise (the released models, whose masks are then the original's). `True` needs a positive radius.
+        max_instances: instances one image may hold (default 30: the most the model was trained with); more are
+            refused with a `ValueError`. `None`: no limit.
+        max_clicks: clicks one image may hold (default 300: 10 per instance, under the temporal normaliser of 500);
+            more are refused with a `ValueError`. `None`: no limit.
+        max_history_mb: megabytes of label maps the undo history keeps (default 256); the oldest steps' label maps are
+            dropped first and predicted again from their clicks on undo. `None`: keep every one.
     """
 
     def __init__(
@@ -80,6 +100,9 @@ class DynamitePredictor:
         processor: DynamiteProcessor | DynamiteImageProcessor | None = None,
         backend: str = "auto",
         refine_boundaries: bool | None = None,
+        max_instances: int | None = DEFAULT_MAX_INSTANCES,
+        max_clicks: int | None = DEFAULT_MAX_CLICKS,
+        max_history_mb: float | None = DEFAULT_MAX_HISTORY_MB,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -98,6 +121,12 @@ class DynamitePredictor:
                 f"(preprocessor_config.json), which has {radius!r} (e.g. processor.image_processor."
                 "guided_filter_radius = 8)"
             )
+        for name, value in (("max_instances", max_instances), ("max_clicks", max_clicks)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None (no limit), got {value!r}")
+        if max_history_mb is not None and (isinstance(max_history_mb, bool) or not max_history_mb > 0):
+            raise ValueError(f"max_history_mb must be a positive number of megabytes or None, got {max_history_mb!r}")
+        self.max_instances, self.max_clicks, self.max_history_mb = max_instances, max_clicks, max_history_mb
         self.model = model
         self.backend = select_backend(model, backend)
         self.processor = processor
@@ -110,11 +139,19 @@ class DynamitePredictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, backend: str = "auto", refine_boundaries: bool | None = None, **kwargs
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        refine_boundaries: bool | None = None,
+        max_instances: int | None = DEFAULT_MAX_INSTANCES,
+        max_clicks: int | None = DEFAULT_MAX_CLICKS,
+        max_history_mb: float | None = DEFAULT_MAX_HISTORY_MB,
+        **kwargs,
     ) -> DynamitePredictor:
         """The model and processor saved in `path` (a folder or Hub id); `kwargs` go to `from_pretrained`."""
         model = DynamiteModel.from_pretrained(path, **kwargs)
-        return cls(model, load_processor(path), backend=backend, refine_boundaries=refine_boundaries)
+        limits = {"max_instances": max_instances, "max_clicks": max_clicks, "max_history_mb": max_history_mb}
+        return cls(model, load_processor(path), backend=backend, refine_boundaries=refine_boundaries, **limits)
 
     # -- image --------------------------------------------------------------------------------------------
     def set_image(self, image: ImageLike) -> None:
@@ -154,7 +191,7 @@ class DynamitePredictor:
         boundary refinement's per-image tensors."""
         if self._embeddings is None:
             return 0
-        history = sum(state.label_map.nbytes for state in self._history)
+        history = self._history_nbytes()
         refinement = self._refiner.nbytes() if self._refiner is not None else 0
         return self._image.nbytes + self._embeddings.nbytes() + history + refinement
 
@@ -192,7 +229,7 @@ class DynamitePredictor:
         Timestamps are renumbered 0..n-1 in the given order; instances must be numbered 0..N-1. Undoable.
         """
         renumbered = self._checked_clicks(clicks)
-        self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
+        self._record(_State(tuple(renumbered), self._predict(renumbered)))
         return self.masks
 
     def label_map_of(self, clicks: list[Click], output_size: tuple[int, int] | None = None) -> np.ndarray:
@@ -207,7 +244,8 @@ class DynamitePredictor:
         return self._predict(self._checked_clicks(clicks), output_size, preview=True)
 
     def undo(self, steps: int = 1) -> np.ndarray:
-        """Go back `steps` clicks (or removals), to exactly the earlier masks."""
+        """Go back `steps` clicks (or removals), to the earlier masks (a step whose label map the history dropped,
+        past `max_history_mb`, is predicted again from its clicks: the same computation on the same features)."""
         self._require_image()
         if not isinstance(steps, int) or not 1 <= steps <= len(self._history) - 1:
             raise ValueError(
@@ -222,7 +260,7 @@ class DynamitePredictor:
         if not isinstance(instance, (int, np.integer)) or not 0 <= instance < self.num_instances:
             raise ValueError(f"instance must be in 0..{self.num_instances - 1}, got {instance!r}")
         renumbered = without_instance(self.clicks, instance)
-        self._history.append(_State(tuple(renumbered), self._predict(renumbered)))
+        self._record(_State(tuple(renumbered), self._predict(renumbered)))
         return self.masks
 
     def reset(self) -> None:
@@ -235,7 +273,11 @@ class DynamitePredictor:
     def label_map(self) -> np.ndarray:
         """`(H, W)` int32 at the original resolution: 0 = background, k + 1 = instance k."""
         self._require_image()
-        return self._state.label_map
+        state = self._state
+        if state.label_map is None:  # dropped from the undo history to keep it within max_history_mb
+            self._history[-1] = state = replace(state, label_map=self._predict(list(state.clicks)))
+            self._trim_history()
+        return state.label_map
 
     @property
     def masks(self) -> np.ndarray:
@@ -253,11 +295,24 @@ class DynamitePredictor:
             raise RuntimeError("No image: call set_image(image) before clicking")
 
     def _checked_clicks(self, clicks: list[Click]) -> list[Click]:
-        """`clicks` with timestamps renumbered 0..n-1, checked: instances 0..N-1, every click inside the image."""
+        """`clicks` with timestamps renumbered 0..n-1, checked: within the limits, instances 0..N-1, every click
+        inside the image."""
         self._require_image()
         height, width = self._image.shape[:2]
+        if self.max_clicks is not None and len(clicks) > self.max_clicks:
+            raise ValueError(
+                f"clicks: {len(clicks)} clicks on one image, more than this predictor's max_clicks={self.max_clicks} "
+                "(10 per instance; past the model's temporal normaliser, 500, every click's time encoding changes); "
+                "pass DynamitePredictor(..., max_clicks=N) for another limit, or None for none"
+            )
         renumbered = [replace(c, timestamp=t, frame="original") for t, c in enumerate(clicks)]
         instances = sorted({c.instance for c in renumbered if c.instance is not None})
+        if self.max_instances is not None and len(instances) > self.max_instances:
+            raise ValueError(
+                f"clicks: {len(instances)} instances on one image, more than this predictor's max_instances="
+                f"{self.max_instances} (the most the model was trained with is 30); pass DynamitePredictor(..., "
+                "max_instances=N) for another limit, or None for none"
+            )
         if instances != list(range(len(instances))):
             raise ValueError(f"clicks must number their instances 0..N-1, got instances {instances}")
         for click in renumbered:
@@ -269,8 +324,27 @@ class DynamitePredictor:
 
     def _push(self, click: Click) -> np.ndarray:
         clicks = self._checked_clicks([*self.clicks, click])
-        self._history.append(_State(tuple(clicks), self._predict(clicks)))
+        self._record(_State(tuple(clicks), self._predict(clicks)))
         return self.masks
+
+    def _record(self, state: _State) -> None:
+        self._history.append(state)
+        self._trim_history()
+
+    def _history_nbytes(self) -> int:
+        return sum(state.label_map.nbytes for state in self._history if state.label_map is not None)
+
+    def _trim_history(self) -> None:
+        """Drop the oldest label maps until the history holds at most `max_history_mb` (the current one stays)."""
+        if self.max_history_mb is None:
+            return
+        excess = self._history_nbytes() - self.max_history_mb * 2**20
+        for index, state in enumerate(self._history[:-1]):
+            if excess <= 0:
+                break
+            if state.label_map is not None:
+                excess -= state.label_map.nbytes
+                self._history[index] = replace(state, label_map=None)
 
     def _predict(
         self, clicks: list[Click], output_size: tuple[int, int] | None = None, preview: bool = False

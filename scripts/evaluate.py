@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         from dynamite_hf.inference.int8 import quantize_int8
 
         quantize_int8(model)
-    segmenter = ModelSegmenter(DynamitePredictor(model, processor))
+    # The paper's protocols have no cap (10 clicks per object of images with any number of objects).
+    segmenter = ModelSegmenter(DynamitePredictor(model, processor, max_instances=None, max_clicks=None))
     # Read lazily: a process keeps only its share of the samples (`run_sharded`).
     samples = (s for s in iter_dataset(args.dataset, args.data_root, args.mode) if s.num_objects >= args.min_objects)
     samples = itertools.islice(samples, args.limit)

@@ -21,15 +21,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0):
-    """The app's URL while it runs."""
-    with app_process(model_dir, max_sessions, timeout) as (url, _):
+def running_app(
+    model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0, extra_args: list[str] | None = None
+):
+    """The app's URL while it runs (`extra_args`: more `app.py` arguments, such as limits)."""
+    with app_process(model_dir, max_sessions, timeout, extra_args=extra_args) as (url, _):
         yield url
 
 
 @contextlib.contextmanager
 def app_process(
-    model_dir: Path | None, max_sessions: int = 8, timeout: float = 120.0, extra_env: dict[str, str] | None = None
+    model_dir: Path | None,
+    max_sessions: int = 8,
+    timeout: float = 120.0,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ):
     """`(url, subprocess.Popen)` of the app while it runs (the process for benchmarks that read its memory),
     stopped by SIGTERM as a container would be."""
@@ -38,7 +44,7 @@ def app_process(
     env.update(extra_env or {})
     command = [sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1"]
     command += ["--model", str(model_dir)] if model_dir is not None else []
-    command += ["--port", str(port), "--max-sessions", str(max_sessions)]
+    command += ["--port", str(port), "--max-sessions", str(max_sessions), *(extra_args or [])]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:

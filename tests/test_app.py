@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import re
 import tempfile
 import threading
 import time
@@ -13,10 +14,12 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from app_server import app_process, running_app
 from PIL import Image
+from pycocotools import mask as mask_utils
 from tiny import tiny_model
 
 import dynamite_hf.app.annotator
@@ -256,7 +259,7 @@ def test_uploads_of_every_kind_open_as_people_expect(server, tmp_path) -> None:
     message = upload(client, tmp_path / "huge.png")[STATUS]
     assert message.startswith(
         f"⚠️ 'huge.png' is too large to open here (12000x9000 pixels, 108 megapixels; this app opens images up to "
-        f"{MAX_MEGAPIXELS} megapixels)."
+        f"{MAX_MEGAPIXELS} megapixels: the app's operator sets it with --max-megapixels or DYNAMITE_MAX_MEGAPIXELS)."
     ), message
     assert "max_image_pixels" not in message and "images already here are kept" in message
     assert "Exported 2 image(s) (1 without instances), 1 instance(s)" in client.predict(api_name="/export")[1]
@@ -336,7 +339,7 @@ def test_page_actions_apply_in_the_order_made_whatever_order_they_arrive_in(tmp_
             applied.append(first)
             app.apply(session, actions)
 
-    display_height, display_width = session.image.display().shape[:2]
+    display_height, display_width = session.image.overlay_size
     later = threading.Thread(target=send, args=(2, [{"kind": "click", "x": 300, "y": 300}]))
     later.start()  # arrives first
     time.sleep(0.2)
@@ -363,7 +366,10 @@ def test_export_counts_every_clicked_instance_and_names_the_empty_ones(tmp_path,
     app.click(session, 40, 60, False)
     only_first = np.zeros(session.image.size, dtype=np.int32)
     only_first[:20, :20] = 1  # instance 2's mask came out empty
-    monkeypatch.setattr(app.cache, "label_map", lambda image, size=None, pixels=None: only_first)
+    monkeypatch.setattr(app.cache, "label_map", lambda image, owner="", pixels=None: only_first)
+    shown = np.zeros(session.image.overlay_size, dtype=np.int32)
+    shown[:100, :100] = 1  # the same at the overlay's size
+    monkeypatch.setattr(app.cache, "overlay", lambda image, owner="", pixels=None: (None, shown))
     files, message = app.export(session)
     assert "Exported 1 image(s), 2 instance(s)" in message and "instance(s) 2 empty" in message, message
     with zipfile.ZipFile(next(f for f in files if f.endswith("dataset.zip"))) as archive:
@@ -409,7 +415,7 @@ def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path
     session = AnnotationSession()
     app.add_images(session, [large])
     image = session.image
-    assert image.display().shape == (439, 1024, 3)
+    assert image.overlay_size == (439, 1024) and app.cache.overlay(image)[0].shape == (439, 1024, 3)
     row, col = image.image_point(219.5, 512.5)  # the centre of overlay pixel (219, 512), in the image's pixels
     assert abs(row - 219.5 * 600 / 439) < 1e-9 and abs(col - 512.5 * 1400 / 1024) < 1e-9
     app.click(session, row, col, False)
@@ -419,7 +425,7 @@ def test_overlay_is_drawn_at_display_size_and_exports_at_the_image_size(tmp_path
         exported = np.asarray(png(archive, "label_maps/large.png"))
     assert np.array_equal(exported, predictor_label_map(model, str(large), image.clicks))  # the image's own masks
     app.add_images(session, [write_image(tmp_path, 0)])  # 60x80: enlarged so it can be clicked
-    assert session.image.display().shape == (384, 512, 3) and app.render(session).shape == (384, 512, 3)
+    assert session.image.overlay_size == (384, 512) and app.render(session).shape == (384, 512, 3)
 
 
 def test_images_too_small_to_click_are_refused(tmp_path) -> None:
@@ -509,13 +515,13 @@ def test_predictor_cache_is_bounded_by_bytes_and_keeps_the_image_it_serves(tmp_p
 
     cache = PredictorCache(model, app.processor, max_images=8, max_bytes=int(2.5 * one_image))
     for image in session.images:
-        cache.label_map(image, image.display().shape[:2])
+        cache.overlay(image)
     assert list(cache._images) == [image.key for image in session.images[2:]]  # two fit; the oldest went first
     assert cache.nbytes() <= cache.max_bytes
 
     alone = PredictorCache(model, app.processor, max_images=8, max_bytes=one_image // 2)
     for image in session.images[:2]:
-        alone.label_map(image, image.display().shape[:2])
+        alone.overlay(image)
     assert list(alone._images) == [session.images[1].key]  # over the budget alone, but the image served stays
 
     with pytest.raises(ValueError, match="max_cache_mb.*got 0"):
@@ -542,3 +548,79 @@ def test_remove_instance_and_reset_are_undoable_and_renumber_like_the_predictor(
     assert [c.instance for c in image.clicks] == [0, 1, 2] and image.annotation.classes == ("object", "cat", "dog")
     assert "cleared" in app.reset(session) and image.clicks == []
     assert app.undo(session) == "Undone." and len(image.clicks) == 3
+
+
+def readme_segment_example() -> str:
+    """The README's gradio_client example of the stateless call, as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    return next(block for block in blocks if 'api_name="/segment"' in block)
+
+
+def test_the_stateless_call_segments_an_image_from_json_clicks(server, model_dir, tmp_path) -> None:
+    """Issue 39 item 5: /segment takes an image and its clicks as JSON and gives the label map (PNG) and the COCO JSON
+    the predictor gives, through the README's gradio_client example run as it is written; it keeps no session."""
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(photo)
+    code = readme_segment_example().replace("http://127.0.0.1:7860/", server).replace('"photo.jpg"', repr(str(photo)))
+    namespace: dict = {}
+    exec(code, namespace)  # the README's own lines
+    label_map = np.asarray(Image.open(namespace["label_map_png"]))
+    expected = predictor_label_map(
+        model_dir,
+        decode_upload(photo).pixels,
+        [Click(0, 120.0, 300.0, 0), Click(1, 400.0, 80.0, 1), Click(None, 10.0, 10.0, 2)],
+    )
+    assert label_map.shape == (480, 640) and np.array_equal(label_map, expected)
+    coco = namespace["coco"]
+    assert coco["images"] == [{"id": 1, "file_name": "photo.jpg", "height": 480, "width": 640}]
+    assert [a["instance"] for a in coco["annotations"]] == [0, 1]
+    for annotation in coco["annotations"]:
+        rle = dict(annotation["segmentation"], counts=annotation["segmentation"]["counts"].encode())
+        assert np.array_equal(mask_utils.decode(rle).astype(bool), label_map == annotation["instance"] + 1)
+    client = namespace["client"]
+    assert "Nothing to export" in client.predict(api_name="/export")[1]  # the call used no session
+
+    # A large image is worked on at 2048 px: the clicks (in its own pixels) come along, and the sizes say so.
+    large = tmp_path / "large.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (2000, 3000, 3), dtype=np.uint8)).save(large)
+    clicks = json.dumps([{"row": 1500, "col": 2400, "instance": 0}])  # a JSON string is taken too
+    label_map_png, coco = client.predict(gradio_client.handle_file(str(large)), clicks, api_name="/segment")
+    scale = 2048 / 3000
+    expected = predictor_label_map(model_dir, decode_upload(large).pixels, [Click(0, 1500 * scale, 2400 * scale, 0)])
+    assert np.array_equal(np.asarray(Image.open(label_map_png)), expected)
+    assert (coco["images"][0]["height"], coco["images"][0]["width"]) == (1365, 2048)
+    for clicks, message in (
+        ([{"row": 1, "col": 1}], r"clicks\[0\] needs row, col and instance"),
+        ([{"row": 999, "col": 1, "instance": 0}], r"clicks\[0\] at \(row=999, col=1\) lies outside the 640x480 image"),
+        ("[not json", "clicks is not valid JSON"),
+    ):
+        with pytest.raises(gradio_client.exceptions.AppError, match=message):
+            client.predict(gradio_client.handle_file(str(photo)), clicks, api_name="/segment")
+
+
+def test_the_api_page_lists_the_api_and_not_the_pages_own_events(server) -> None:
+    """Issue 39 item 5: the stateless call and the session endpoints are documented; the page's own events are
+    callable but undocumented (Gradio 6's api_visibility), and the JS-only buttons have no endpoint."""
+    info = httpx.get(f"{server}gradio_api/info").json()
+    assert sorted(info["named_endpoints"]) == sorted(
+        f"/{name}"
+        for name in (
+            "upload",
+            "click",
+            "add_instance",
+            "select_instance",
+            "set_class",
+            "show_image",
+            "undo",
+            "remove_instance",
+            "reset",
+            "export",
+            "segment",
+        )
+    )
+    assert info["unnamed_endpoints"] == {}
+    dependencies = httpx.get(f"{server}config").json()["dependencies"]
+    visibility = {d["api_name"]: d["api_visibility"] for d in dependencies if d.get("api_name")}
+    assert visibility["page_actions"] == visibility["page_upload"] == "undocumented"
+    assert visibility["segment"] == "public"

@@ -74,6 +74,34 @@ def test_bad_clicks_files_are_named(tmp_path) -> None:
         read_jobs(tmp_path / "broken.json")
 
 
+def test_clicks_over_the_limits_are_refused_before_any_image_is_read(model_dir, tmp_path, capsys) -> None:
+    """Issue 42: a clicks file over its size limit, or an image with more instances or clicks than allowed, is
+    refused by name before any image is opened (the images here do not even exist); 0 lifts a limit."""
+    many = [{"row": k, "col": k, "instance": k} for k in range(31)]  # 31 instances: over the default 30
+    document = {"images": [{"image": "a.png", "clicks": many[:2]}, {"image": "b.png", "clicks": many}]}
+    (tmp_path / "clicks.json").write_text(json.dumps(document))
+    with pytest.raises(ValueError, match=r"images\[1\] has 31 instances, more than --max-instances 30"):
+        read_jobs(tmp_path / "clicks.json")
+    with pytest.raises(ValueError, match=r"images\[1\] has 31 clicks, more than --max-clicks 20"):
+        read_jobs(tmp_path / "clicks.json", max_instances=None, max_clicks=20)
+    assert len(read_jobs(tmp_path / "clicks.json", max_instances=None)[1]["clicks"]) == 31
+    size_mb = (tmp_path / "clicks.json").stat().st_size / 2**20
+    with pytest.raises(ValueError, match=r"MB, more than --max-clicks-file-mb"):
+        read_jobs(tmp_path / "clicks.json", max_instances=None, max_file_mb=size_mb / 2)
+    arguments = ["--model", str(model_dir), "--clicks", str(tmp_path / "clicks.json"), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit):
+        main(arguments)
+    assert "has 31 instances, more than --max-instances 30" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        main([*arguments, "--max-instances", "0", "--max-clicks", "-1"])
+    assert "--max-clicks: expected a whole number (0: no limit), got '-1'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"images\[0\].clicks\[1\] needs row, col and instance .*got True"):
+        bad = {"images": [{"image": "a.png", "clicks": [many[0], {"row": 1, "col": 1, "instance": True}]}]}
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        read_jobs(tmp_path / "bad.json")
+
+
 def test_two_images_with_one_stem_are_refused(tmp_path) -> None:
     clicks = {"images": [{"image": f"{folder}/cat.jpg", "clicks": []} for folder in ("a", "b")]}
     (tmp_path / "clicks.json").write_text(json.dumps(clicks))

@@ -87,3 +87,35 @@ def test_sessions_start_clicking_together(server, tmp_path) -> None:
     for thread in threads:
         thread.join()
     assert [len(times) for times in results] == [3, 3]
+
+
+def test_the_abuse_benchmark_prints_its_figures(model_dir, capsys) -> None:
+    """Issue 42: the abusive client (clicks at the limits, large uploads, the stateless call at the limits) beside
+    normal sessions, both halves timed in one run, and the app's memory; a short run with small limits."""
+    arguments = ["--abuse", "--model", str(model_dir), "--size", "120x160", "--abuse-size", "300x400"]
+    arguments += ["--minutes", "0.15", "--rounds", "1", "--settle-s", "2", "--sessions", "2"]
+    arguments += ["--app-args", "--max-instances 6 --max-clicks 30 --max-upload-mb 1 --max-images 2"]
+    benchmark_app.main(arguments)
+    printed = capsys.readouterr().out
+    assert "abuse benchmark: 2 normal sessions on a 160x120 photo" in printed
+    for half in ("without", "beside"):
+        clicks, median, p95 = (
+            int(v)
+            for v in re.search(
+                rf"normal sessions {half} the abuser: (\d+) clicks, median (\d+) ms, p95 (\d+)", printed
+            ).groups()
+        )
+        assert clicks > 0 and 0 < median <= p95
+    assert re.search(r"p95 beside / without the abuser: \d+\.\d\d", printed)
+    assert re.search(r"session 2: alone p95 \d+ ms, abused p95 \d+ ms", printed)
+    for loop in ("clicks", "uploads", "segment"):
+        assert re.search(rf"abuser {loop}: [1-9]\d* requests answered", printed), printed
+    assert "limits read from the app: 6 instances, 30 clicks per image" in printed
+    idle, peak, high_water, after = (
+        float(v)
+        for v in re.search(
+            r"idle before (\d+) MB, peak (\d+) MB \(high-water mark (\d+) MB\), 2 s after the sessions ended (\d+) MB",
+            printed,
+        ).groups()
+    )
+    assert 0 < idle <= peak <= high_water + 1 and 0 < after <= high_water

@@ -228,3 +228,58 @@ def test_reference_masks_through_the_public_api(image_name, backend) -> None:
         ties = near_ties(CONFIGS["resnet50"], image_name, scenario, expected.shape[-1]).numpy()
         differing[ties[:, 0], ties[:, 1]] = False
         assert not differing.any(), f"{scenario}: {differing.sum()} pixels differ outside near ties"
+
+
+def test_limits_refuse_more_instances_and_clicks_by_name_and_leave_the_session(image) -> None:
+    """Issue 42: more than `max_instances` instances or `max_clicks` clicks on one image are refused where the
+    clicks enter (every way they enter), the message names the limit and how to change it, nothing changes."""
+    predictor = DynamitePredictor(tiny_model(), small_processor(), max_instances=2, max_clicks=3)
+    predictor.set_image(image)
+    predictor.add_click(10, 10)
+    predictor.add_click(50, 60)
+    before = (predictor.clicks, predictor.label_map.copy())
+    for refused, limit in (
+        (lambda: predictor.add_click(70, 20), "max_instances=2"),
+        (lambda: predictor.set_clicks([Click(k, 10.0 * k, 10.0, k) for k in range(3)]), "max_instances=2"),
+        (lambda: predictor.label_map_of([Click(k, 10.0 * k, 10.0, k) for k in range(3)]), "max_instances=2"),
+        (lambda: predictor.set_clicks([Click(0, 10.0 + k, 10.0, k) for k in range(4)]), "max_clicks=3"),
+        (lambda: predictor.preview_label_map([Click(None, 1.0, 1.0 + k, k) for k in range(4)], (9, 12)), "max_clicks"),
+    ):
+        with pytest.raises(ValueError, match=limit) as error:
+            refused()
+        assert "DynamitePredictor(..., max_" in str(error.value) and "None for none" in str(error.value)
+        assert predictor.clicks == before[0] and np.array_equal(predictor.label_map, before[1])
+    predictor.add_background_click(80, 100)  # the third click is allowed...
+    with pytest.raises(ValueError, match=r"4 clicks on one image, more than this predictor's max_clicks=3"):
+        predictor.add_click(30, 30, instance=0)  # ...the fourth is not
+    assert len(predictor.clicks) == 3
+
+    unlimited = DynamitePredictor(tiny_model(), small_processor(), max_instances=None, max_clicks=None)
+    unlimited.set_image(image)
+    many = [Click(k, float(k % 90), float(k % 120), k) for k in range(40)]  # 40 instances, over the default 30
+    assert unlimited.set_clicks(many).shape == (40, 90, 120)
+    default = DynamitePredictor(tiny_model(), small_processor())
+    default.set_image(image)
+    with pytest.raises(ValueError, match="max_instances=30"):
+        default.set_clicks(many)
+    for bad in ({"max_clicks": 0}, {"max_instances": 2.5}, {"max_history_mb": 0}, {"max_instances": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DynamitePredictor(tiny_model(), small_processor(), **bad)
+
+
+def test_the_undo_history_is_bounded_in_bytes_and_undo_still_returns_the_earlier_masks(image) -> None:
+    """Issue 42: the undo history's label maps stay within `max_history_mb` (a 12-MP photo's are 48 MB each, one
+    per click); the steps whose label maps were dropped are predicted again on undo, to the same masks."""
+    one_map = image.shape[0] * image.shape[1] * 4
+    predictor = DynamitePredictor(tiny_model(), small_processor(), max_history_mb=2.5 * one_map / 2**20)
+    predictor.set_image(image)
+    states = [predictor.label_map.copy()]
+    for row, col in ((10, 10), (50, 60), (30, 100), (70, 20), (85, 5)):
+        predictor.add_click(row, col)
+        states.append(predictor.label_map.copy())
+        kept = [state.label_map is not None for state in predictor._history]
+        assert sum(kept) <= 2 and kept[-1]  # within 2.5 maps: the newest ones
+    assert predictor.nbytes() - predictor.image.nbytes - predictor.image_embeddings.nbytes() <= 2.5 * one_map
+    for expected in reversed(states[:-1]):
+        predictor.undo()
+        assert np.array_equal(predictor.label_map, expected)

@@ -1,6 +1,8 @@
 """The app's logic, independent of the widgets: sessions of several images, the actions on them, the overlay and
-the dataset export. Every method takes an `AnnotationSession` and returns the message for the status line; the
-Gradio layer (`gradio_app.py`) only wires widgets to these methods."""
+the dataset export, and the stateless call (`segment`). Every session method takes an `AnnotationSession` and
+returns the message for the status line; the Gradio layer (`gradio_app.py`) only wires widgets to these methods.
+Whatever is over a limit (`limits.AppLimits`) is refused in words that name the limit, and the session keeps all
+it had."""
 
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ import cv2
 import numpy as np
 
 from .. import export
-from ..clicks import Click, without_instance
+from ..clicks import Click, clicks_from_json, without_instance
 from ..models.dynamite.modeling_dynamite import DynamiteModel
 from ..models.dynamite.processing_dynamite import DynamiteProcessor
-from ..predictor import default_processor
+from ..predictor import DynamitePredictor, default_processor
+from .limits import AppLimits
+from .scheduler import ComputeLanes
 from .session import (
     DEFAULT_MAX_CACHE_MB,
     DEFAULT_MAX_SESSIONS,
@@ -40,6 +44,8 @@ from .uploads import UploadRefused, decode_upload
 # Export folders kept on disk (the newest ones): Gradio serves a copy from its own cache once the export
 # returns, so older folders are only disk space on a long-running server.
 MAX_EXPORTS_KEPT = 32
+# A closed page's session keeps its files this long, in case the page comes back (a dropped connection).
+RELEASE_GRACE_S = 300.0
 LOOK_RANGES = {"alpha": (0.0, 1.0), "radius": (0, 12)}  # the overlay's opacity and the click markers' radius (px)
 MAX_CLASS_NAME = 64
 
@@ -51,6 +57,7 @@ class DynamiteApp:
         max_sessions: images whose features stay cached, least recently used evicted first (one per session
             working at a time; an image moved away from is rebuilt from its file and clicks when it comes back).
         max_cache_mb: megabytes those cached features may hold together.
+        limits: what one visitor may ask (`AppLimits`; default: its defaults).
     """
 
     def __init__(
@@ -60,13 +67,23 @@ class DynamiteApp:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         max_cache_mb: int = DEFAULT_MAX_CACHE_MB,
         processor: DynamiteProcessor | None = None,
+        limits: AppLimits | None = None,
     ) -> None:
         if not isinstance(max_cache_mb, int) or max_cache_mb < 1:
             raise ValueError(f"`max_cache_mb` must be a positive integer (megabytes), got {max_cache_mb!r}")
         self.model = model.eval()
         self.model_label = model_label
         self.processor = processor if processor is not None else default_processor(model)
-        self.cache = PredictorCache(self.model, self.processor, max_sessions, max_cache_mb * 2**20)
+        self.limits = limits if limits is not None else AppLimits()
+        self.lanes = ComputeLanes()
+        # The lanes' threads end with the app (at exit they are daemon threads, ended with the process).
+        weakref.finalize(self, self.lanes.close).atexit = False
+        predictor_limits = {"max_instances": self.limits.max_instances, "max_clicks": self.limits.max_clicks}
+        self.cache = PredictorCache(
+            self.model, self.processor, max_sessions, max_cache_mb * 2**20, self.lanes, **predictor_limits
+        )
+        # The sessions by Gradio's session hash, to release what one holds when its page closes (`release`).
+        self._sessions: weakref.WeakValueDictionary[str, AnnotationSession] = weakref.WeakValueDictionary()
         # One folder for everything the app writes: the sessions' uploads and the exports. Removed with the app,
         # or when the process exits.
         self.work_root = Path(tempfile.mkdtemp(prefix="dynamite-app-"))
@@ -75,11 +92,41 @@ class DynamiteApp:
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.work_root, ignore_errors=True)
         self._exports: deque[Path] = deque()
         self._exports_lock = threading.Lock()
+        self._released: list[tuple[float, AnnotationSession, int]] = []  # (when to end it, session, its actions)
 
     def end_session(self, session: AnnotationSession) -> None:
-        """Free what a session that went away held: its uploads on disk and its images' cached features."""
+        """Free what a session that went away held: its uploads on disk and its images' cached features. (Gradio
+        calls this on its event loop: nothing here waits for the session's lock.)"""
         session.remove_files()
         self.cache.discard({image.key for image in session.images})
+
+    def remember(self, session_hash: str, session: AnnotationSession) -> None:
+        """Note which session Gradio's `session_hash` names (for `release`), at each of its actions."""
+        session.actions += 1
+        if session_hash:
+            self._sessions[session_hash] = session
+        self._end_quiet_sessions()
+
+    def release(self, session_hash: str) -> None:
+        """The page of `session_hash` closed: free the cached features, pixels and label maps of its images at once,
+        and its files `RELEASE_GRACE_S` later unless it acted again meanwhile (a connection that dropped and came
+        back: then whatever was freed is rebuilt). Gradio itself keeps a closed session's state for an hour, so its
+        uploads would otherwise fill the disk as fast as a visitor can upload."""
+        session = self._sessions.pop(session_hash, None)
+        if session is not None:
+            self.cache.discard({image.key for image in session.images})
+            with self._exports_lock:
+                self._released.append((time.monotonic() + RELEASE_GRACE_S, session, session.actions))
+        self._end_quiet_sessions()
+
+    def _end_quiet_sessions(self) -> None:
+        now = time.monotonic()
+        with self._exports_lock:
+            due = [entry for entry in self._released if entry[0] <= now]
+            self._released = [entry for entry in self._released if entry[0] > now]
+        for _, session, actions in due:
+            if session.actions == actions:
+                self.end_session(session)
 
     # -- images -------------------------------------------------------------------------------------------
     def add_images(self, session: AnnotationSession, paths: Sequence[str | Path]) -> str:
@@ -87,9 +134,17 @@ class DynamiteApp:
         temporary copies named as the user's files: those names are the images' names. Nothing already in the
         session changes; a file that cannot be used is named in the message."""
         refused, added, notes = [], [], []
+        first_pixels = None
         for path in paths:
             path = Path(path)
             name = path.name
+            if len(session.images) >= self.limits.max_images:
+                refused.append(
+                    f"⚠️ '{name}' was not added: this session holds {len(session.images)} images, the most the app "
+                    f"allows in one session ({AppLimits.how_to_change('max_images')}). Export the dataset, then "
+                    "reload the page to start a new session."
+                )
+                continue
             same = next(
                 (image for image in session.images if image.stem.casefold() == Path(name).stem.casefold()), None
             )
@@ -100,25 +155,33 @@ class DynamiteApp:
                 )
                 continue
             try:
-                decoded = decode_upload(path, name)
+                decoded = self.lanes.run(
+                    session.uid,
+                    lambda path=path, name=name: decode_upload(path, name, self.limits.max_megapixels),
+                    background=True,
+                )
             except UploadRefused as error:
                 refused.append(f"⚠️ {error}")
                 continue
-            if session.folder is None:
-                session.folder = self.upload_root / session.uid
-                session.folder.mkdir(parents=True, exist_ok=True)
             key = uuid.uuid4().hex
-            source = session.folder / f"{key}{path.suffix}"
+            source = session.make_folder(self.upload_root) / f"{key}{path.suffix}"
             shutil.copyfile(path, source)
-            image = ImageAnnotation(name=name, source=source, size=decoded.pixels.shape[:2], key=key)
+            image = ImageAnnotation(
+                name=name,
+                source=source,
+                size=decoded.pixels.shape[:2],
+                key=key,
+                max_history_bytes=self.limits.max_history_kb * 1024,
+            )
             session.images.append(image)
-            added.append((image, decoded.pixels))
+            added.append(image)
+            if first_pixels is None:  # kept to show it; the others' pixels go now (50 photos take 470 MB)
+                first_pixels = decoded.pixels
             notes += decoded.notes
         if not added:
             kept = " The images already here are kept." if session.images else ""
             return " ".join(refused) + kept if refused else "Upload an image or pick an example."
-        first, pixels = added[0]
-        shown = self._show(session, session.images.index(first), pixels)
+        shown = self._show(session, session.images.index(added[0]), first_pixels)
         count = f"Added {len(added)} images. " if len(added) > 1 else ""
         return " ".join([f"{count}{shown}", *notes, *refused])
 
@@ -139,35 +202,33 @@ class DynamiteApp:
     def _show(self, session: AnnotationSession, index: int, pixels: np.ndarray | None = None) -> str:
         leaving = session.image
         if leaving is not None and index != session.current:
-            self._keep_exact(leaving)
-            leaving.forget_display()
+            self._keep_exact(session, leaving)
         session.current = index
         image = session.images[index]
-        if pixels is not None:
-            image.set_display(pixels)
         start = time.perf_counter()
         cached = image.key in self.cache
-        self.cache.label_map(image, image.display().shape[:2], pixels)
+        self.cache.overlay(image, session.uid, pixels)
         height, width = image.size
         place = f"Image {index + 1}/{len(session.images)} '{image.name}' {width}x{height}"
         features = "" if cached else f" ({time.perf_counter() - start:.2f} s for the image features)"
         instances = f", {image.num_instances} instance(s)" if image.num_instances else ""
         return f"{place} ready{features}{instances}."
 
-    def _keep_exact(self, image: ImageAnnotation) -> None:
-        """Store the exact masks of `image` (PNG bytes), so an export needs no model run for it."""
+    def _keep_exact(self, session: AnnotationSession, image: ImageAnnotation) -> None:
+        """Store the exact masks of `image` (a PNG beside its upload), so an export needs no model run for it."""
         if image.num_instances and (image.exact is None or image.exact[0] != image.annotation):
-            label_map = self.cache.label_map(image)
-            image.exact = (image.annotation, _encode_label_map(label_map))
+            label_map = self.cache.label_map(image, session.uid)
+            image.exact_path.write_bytes(_encode_label_map(label_map))
+            image.exact = (image.annotation, image.exact_path)
 
-    def exact_label_map(self, image: ImageAnnotation) -> np.ndarray:
+    def exact_label_map(self, session: AnnotationSession, image: ImageAnnotation) -> np.ndarray:
         """`(H, W)` int32 label map at the image's size (0 = background, k = instance k, numbered from 1)."""
         if image.num_instances == 0:
             return np.zeros(image.size, dtype=np.int32)
-        if image.exact is not None and image.exact[0] == image.annotation:
-            return _decode_label_map(image.exact[1])
-        self._keep_exact(image)
-        return self.cache.label_map(image)
+        if image.exact is not None and image.exact[0] == image.annotation and image.exact[1].is_file():
+            return _decode_label_map(image.exact[1].read_bytes())
+        self._keep_exact(session, image)
+        return self.cache.label_map(image, session.uid)
 
     # -- actions on the image shown -----------------------------------------------------------------------
     def click(
@@ -188,22 +249,30 @@ class DynamiteApp:
             return f"⚠️ Click at (x={col:.0f}, y={row:.0f}) is outside the {width}x{height} image."
         annotation = image.annotation
         instance = None if background else min(image.selected, annotation.num_instances)
+        if len(annotation.clicks) >= self.limits.max_clicks:
+            return (
+                f"⚠️ Click not added: this image has {len(annotation.clicks)} clicks, the most the app allows on one "
+                f"image ({AppLimits.how_to_change('max_clicks')}). Undo, remove an instance or reset to click again."
+            )
+        if instance is not None and instance == annotation.num_instances:
+            refusal = self._instance_refusal(image)
+            if refusal:
+                return refusal
         classes = annotation.classes
         if instance is not None and instance == annotation.num_instances:
             classes = (*classes, session.new_class)
         click = Click(instance, row, col, len(annotation.clicks))
+        history, trimmed = list(image.history), image.history_trimmed
         image.push(Annotation((*annotation.clicks, click), classes))
         try:
             start = time.perf_counter()
-            label_map = self.cache.label_map(image, image.display().shape[:2])
+            _, label_map = self.cache.overlay(image, session.uid)
             milliseconds = 1000 * (time.perf_counter() - start)
         except Exception as error:  # keep the session's clicks whatever failed
-            image.history.pop()
+            image.history, image.history_trimmed = history, trimmed
             return f"⚠️ The click could not be processed ({error}); your earlier clicks are kept."
         if instance is not None:
             image.selected = instance
-        if image is not session.image:
-            image.forget_display()
         kind = "background" if instance is None else f"instance {instance + 1}"
         where = "" if image is session.image else f" of '{image.name}' (the image shown when you clicked)"
         return (
@@ -221,10 +290,22 @@ class DynamiteApp:
         row, col = image.image_point(float(y), float(x))
         return self.click(session, row, col, background, image)
 
+    def _instance_refusal(self, image: ImageAnnotation) -> str:
+        """The refusal of a new instance on `image` once it holds the most the app allows, else ""."""
+        if image.num_instances < self.limits.max_instances:
+            return ""
+        return (
+            f"⚠️ No new instance: this image has {image.num_instances} instances, the most the app allows on one "
+            f"image ({AppLimits.how_to_change('max_instances')}). Select an instance to refine it, or remove one."
+        )
+
     def add_instance(self, session: AnnotationSession) -> str:
         image = session.image
         if image is None:
             return "⚠️ Upload an image first."
+        refusal = self._instance_refusal(image)
+        if refusal:
+            return refusal
         image.selected = image.num_instances
         return f"Next click starts instance {image.selected + 1} ({session.new_class})."
 
@@ -235,7 +316,12 @@ class DynamiteApp:
             return "⚠️ Upload an image first."
         if not _is_number(instance):
             return f"⚠️ instance must be a number, got {instance!r}."
-        image.selected = max(0, min(int(instance), image.num_instances))
+        selected = max(0, min(int(instance), image.num_instances))
+        if selected == image.num_instances:
+            refusal = self._instance_refusal(image)
+            if refusal:
+                return refusal
+        image.selected = selected
         if image.selected == image.num_instances:
             return f"Next click starts instance {image.selected + 1} ({session.new_class})."
         return f"Clicks now refine instance {image.selected + 1} ({image.annotation.classes[image.selected]})."
@@ -263,6 +349,11 @@ class DynamiteApp:
 
     def undo(self, session: AnnotationSession) -> str:
         image = session.image
+        if image is not None and len(image.history) <= 1 and image.history_trimmed:
+            return (
+                f"Nothing more to undo: the undo history keeps the last {self.limits.max_history_kb} KB of steps per "
+                f"image ({AppLimits.how_to_change('max_history_kb')})."
+            )
         if image is None or len(image.history) <= 1:
             return "Nothing to undo."
         image.history.pop()
@@ -348,8 +439,7 @@ class DynamiteApp:
         image = session.image
         if image is None:
             return None
-        display = image.display()
-        label_map = self.cache.label_map(image, display.shape[:2])
+        display, label_map = self.cache.overlay(image, session.uid)
         selected = image.selected if image.selected < image.num_instances else None
         look = session.look
         return export.render_overlay(
@@ -364,7 +454,11 @@ class DynamiteApp:
 
     def export(self, session: AnnotationSession) -> tuple[list[str], str]:
         """Every image of the session as one dataset: `dataset.zip` (COCO JSON, label maps in grey and in colour,
-        per-instance masks) and the same `coco.json` on its own. Returns (file paths, message)."""
+        per-instance masks) and the same `coco.json` on its own, written in the background lane. Returns (file
+        paths, message)."""
+        return self.lanes.run(session.uid, lambda: self._export(session), background=True)
+
+    def _export(self, session: AnnotationSession) -> tuple[list[str], str]:
         images = session.images
         if not any(image.num_instances for image in images):
             return [], "⚠️ Nothing to export yet: click on an object first."
@@ -376,7 +470,7 @@ class DynamiteApp:
         coco: dict[str, Any] = {"images": [], "annotations": [], "categories": []}
         notes = []
         for image_id, image in enumerate(images, start=1):
-            label_map = self.exact_label_map(image)
+            label_map = self.exact_label_map(session, image)
             height, width = image.size
             coco["images"].append({"id": image_id, "file_name": image.name, "height": height, "width": width})
             coco["annotations"] += export.coco_annotations(
@@ -419,6 +513,70 @@ class DynamiteApp:
             f"class(es): {', '.join(categories)}."
         )
         return files, " ".join([message, *notes])
+
+    # -- the stateless call ---------------------------------------------------------------------------------
+    def segment(self, path: str | Path, clicks: Any, owner: str = "", name: str | None = None) -> tuple[str, dict]:
+        """One image and its clicks in, its masks out, nothing kept: the label map as a PNG file and the COCO dict.
+
+        `clicks`: a list of `{"row": y, "col": x, "instance": k or null}` (or that list as a JSON string) in pixels of
+        the image file, in the order they were made (`clicks.clicks_from_json`; 0-based instances, as the batch
+        command's clicks file). The image is decoded as uploads are (at most `uploads.MAX_SIDE` px: a larger one is
+        downscaled, its clicks with it); the label map has that size, 0 = background, k + 1 = instance k; COCO holds
+        one annotation per clicked instance (`"instance": k`).
+
+        Raises:
+            ValueError (`UploadRefused` for the image): naming what was refused and the limit, if any.
+        """
+        if isinstance(clicks, str):
+            if len(clicks) > self.limits.max_request_kb * 1024:
+                raise ValueError(f"clicks: more than {self.limits.max_request_kb} KB of JSON")
+            try:
+                clicks = json.loads(clicks)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"clicks is not valid JSON ({error})") from None
+        if isinstance(clicks, dict) and "clicks" in clicks:
+            clicks = clicks["clicks"]
+        parsed = clicks_from_json(clicks, "clicks")
+        num_instances = len({click.instance for click in parsed if click.instance is not None})
+        for count, limit, what in (
+            (num_instances, "max_instances", "instances"),
+            (len(parsed), "max_clicks", "clicks"),
+        ):
+            if count > getattr(self.limits, limit):
+                raise ValueError(
+                    f"clicks: {count} {what}, more than the {getattr(self.limits, limit)} the app allows on one image "
+                    f"({AppLimits.how_to_change(limit)})"
+                )
+        shown = name or Path(path).name
+        limits = {"max_instances": self.limits.max_instances, "max_clicks": self.limits.max_clicks}
+
+        folder = self.export_root / uuid.uuid4().hex
+
+        def compute() -> tuple[Path, dict]:
+            decoded = decode_upload(path, shown, self.limits.max_megapixels)
+            height, width = decoded.pixels.shape[:2]
+            original_height, original_width = decoded.original_size
+            scale_row, scale_col = height / original_height, width / original_width
+            predictor = DynamitePredictor(self.model, self.processor, max_history_mb=None, **limits)
+            predictor.set_image(decoded.pixels)
+            scaled = [replace(c, row=c.row * scale_row, col=c.col * scale_col) for c in parsed]
+            for click, original in zip(scaled, parsed, strict=True):
+                if not (0 <= click.row < height and 0 <= click.col < width):
+                    raise ValueError(
+                        f"clicks[{original.timestamp}] at (row={original.row:g}, col={original.col:g}) lies outside "
+                        f"the {original_width}x{original_height} image"
+                    )
+            label_map = predictor.label_map_of(scaled)
+            png = export.save_label_map(label_map, _made(folder) / f"{Path(shown).stem}_label_map.png")
+            return png, export.to_coco(label_map, file_name=shown, num_instances=num_instances)
+
+        png, coco = self.lanes.run(owner, compute, background=True)
+        with self._exports_lock:
+            self._exports.append(folder)
+            stale = [self._exports.popleft() for _ in range(len(self._exports) - MAX_EXPORTS_KEPT)]
+        for old in stale:
+            shutil.rmtree(old, ignore_errors=True)
+        return str(png), coco
 
 
 _LOOK_KEYS = ("alpha", "radius", "masks_only")

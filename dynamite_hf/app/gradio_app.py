@@ -3,7 +3,13 @@
 Every action on the page (canvas clicks, buttons, shortcuts, the class and image lists, the view settings) is
 queued by the page script and sent through one hidden event, numbered in the order it was made; the server applies
 them in that order (`AnnotationSession.turn`). The HTTP endpoints (`/upload`, `/click`, ...) call the same methods
-for scripts and `gradio_client`.
+for scripts and `gradio_client`, on the client's session; `/segment` is stateless (an image and its clicks in, a
+label-map PNG and COCO JSON out). The page's own two events are callable but kept off the API page
+(`api_visibility="undocumented"`).
+
+What protects a public server (`launch`): Gradio's `max_file_size` and queue size, the request guard (`guard.py`:
+request sizes, requests per session), per-event concurrency for the stateless call and exports, and sessions that
+free their memory when their page closes and are dropped after `session_idle_minutes` without an action.
 """
 
 from __future__ import annotations
@@ -14,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from .. import export
 from ..models.dynamite.modeling_dynamite import DynamiteModel
 from ..models.dynamite.processing_dynamite import DynamiteProcessor
 from ..predictor import load_processor
 from .annotator import LOOK_RANGES, DynamiteApp
+from .guard import RequestGuard
+from .limits import AppLimits
 from .session import AnnotationSession
+from .uploads import limit_decoder_pixels
 
 HERE = Path(__file__).resolve().parent
 EXAMPLES = [
@@ -29,8 +39,12 @@ EXAMPLES = [
     ("astronaut.jpg", "Astronaut (public domain)"),
     ("coins.jpg", "Coins (no known copyright)"),
 ]
-# Gradio's cache of uploads and served files: checked hourly, files older than a day deleted.
-GRADIO_DELETE_CACHE = (3600, 86400)
+# Gradio's cache of uploads and served files (every overlay is a file): checked every 10 minutes, files older than an
+# hour deleted, so a visitor clicking in a tight loop (a few hundred KB a click) cannot fill the disk.
+GRADIO_DELETE_CACHE = (600, 3600)
+# At most this many stateless calls, and exports, run at once (the others wait in Gradio's queue): each holds an
+# image's features and masks while it runs.
+HEAVY_EVENT_CONCURRENCY = 2
 SHORTCUTS = (
     ("N", "new instance"),
     ("B", "background clicks on / off"),
@@ -53,10 +67,27 @@ def page_css() -> str:
     return (HERE / "page.css").read_text() + swatches
 
 
-def launch(demo: gr.Blocks, **kwargs: Any) -> None:
-    """Start `demo` with the page's script and style (`kwargs`: `gr.Blocks.launch`'s)."""
+def launch(demo: gr.Blocks, limits: AppLimits | None = None, **kwargs: Any) -> None:
+    """Start `demo` with the page's script and style, held to `limits` (default: `AppLimits()`; `kwargs`:
+    `gr.Blocks.launch`'s). Sets Pillow's pixel limit for the process (`uploads.limit_decoder_pixels`)."""
+    limits = limits if limits is not None else AppLimits()
     head = f"<script>{(HERE / 'page.js').read_text()}</script>"
-    demo.queue(default_concurrency_limit=4).launch(head=head, css=page_css(), **kwargs)
+    limit_decoder_pixels(limits.max_megapixels)
+    # The computations are scheduled by the app's lanes (`scheduler.py`), so Gradio may run every session's event at
+    # once (up to its thread pool); a bounded queue, and the guard's requests per session, keep it from growing.
+    demo.queue(default_concurrency_limit=None, max_size=limits.max_queue)
+
+    def pending(session_hash: str) -> int:
+        return len(demo._queue.pending_event_ids_session.get(session_hash, ()))
+
+    guard = Middleware(RequestGuard, limits=limits, pending=pending)
+    demo.launch(
+        head=head,
+        css=page_css(),
+        max_file_size=limits.max_upload_mb * 2**20,
+        app_kwargs={"middleware": [guard]},
+        **kwargs,
+    )
 
 
 def load_app_model(model: str | None) -> tuple[DynamiteModel, DynamiteProcessor, str]:
@@ -131,12 +162,13 @@ def _status(messages: list[str]) -> str:
 def build_demo(app: DynamiteApp) -> gr.Blocks:
     """The Gradio Blocks page over `app` (start it with `launch`, which adds the page script and style)."""
 
-    def view(session, messages, before, files=None, look_sent=False):
-        """The outputs after an action (`before`: `_snapshot` from before it, None to send everything)."""
+    def view(session, messages, before, files=None, look_sent=False, instances_sent=False):
+        """The outputs after an action (`before`: `_snapshot` from before it, None to send everything;
+        `instances_sent`: send the instance list even if unchanged, to undo a refused choice in the page)."""
         after = _snapshot(session)
 
         def changed(part):
-            return before is None or before[part] != after[part]
+            return before is None or before[part] != after[part] or (part == "instances" and instances_sent)
 
         image = gr.skip()
         if changed("canvas"):
@@ -161,8 +193,9 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         ]
         return outputs
 
-    def on_apply(session: AnnotationSession, actions: str):
+    def on_apply(request: gr.Request, session: AnnotationSession, actions: str):
         """The page's queued actions (JSON from `page.js`), applied in the order they were made."""
+        app.remember(request.session_hash, session)
         try:
             batch = [action for action in json.loads(actions) if isinstance(action, dict)] if actions else []
         except (TypeError, ValueError):
@@ -176,13 +209,20 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
             messages, files = app.apply(session, batch)
             # A view setting that was clamped or refused is sent back, so its box shows the value in force; others
             # are not (a slider being dragged would jump back to where an earlier answer left it).
-            corrected = any(
-                action.get("kind") == "look" and message.startswith("⚠️")
-                for action, message in zip(batch, messages, strict=True)
+            refused = {
+                action.get("kind") for action, message in zip(batch, messages, strict=True) if message.startswith("⚠️")
+            }
+            return view(
+                session,
+                [*warnings, *messages],
+                before,
+                files,
+                look_sent="look" in refused,
+                instances_sent="select_instance" in refused,
             )
-            return view(session, [*warnings, *messages], before, files, look_sent=corrected)
 
-    def on_upload(session: AnnotationSession, paths, sequence):
+    def on_upload(request: gr.Request, session: AnnotationSession, paths, sequence):
+        app.remember(request.session_hash, session)
         if not paths:  # the box emptied after the previous upload: nothing to do, but its turn is taken
             with session.turn(_sequence(sequence)):
                 return [gr.skip()] * (len(outputs) + 1)
@@ -195,20 +235,38 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
     def api(method):
         """An HTTP endpoint: `method(session, *arguments)` -> message, outside the page's numbering."""
 
-        def handler(session: AnnotationSession, *arguments):
+        def handler(request: gr.Request, session: AnnotationSession, *arguments):
+            app.remember(request.session_hash, session)
             with session.turn(None):
                 before = _snapshot(session)
                 return view(session, [method(session, *arguments)], before)
 
         return handler
 
-    def on_api_export(session: AnnotationSession):
+    def on_api_export(request: gr.Request, session: AnnotationSession):
+        app.remember(request.session_hash, session)
         with session.turn(None):
             files, message = app.export(session)
             return files or None, message
 
+    def on_segment(request: gr.Request, image: str | None, clicks: Any):
+        """The stateless call: refusals are Gradio errors (`gradio_client` raises them as `AppError`)."""
+        if not image:
+            raise gr.Error("image: give an image file (gradio_client: handle_file(path))", print_exception=False)
+        try:
+            return app.segment(image, clicks, owner=request.session_hash, name=Path(image).name)
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+
+    def on_unload(request: gr.Request) -> None:
+        app.release(request.session_hash)
+
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation", delete_cache=GRADIO_DELETE_CACHE) as demo:
-        state = gr.State(AnnotationSession(), delete_callback=app.end_session)
+        state = gr.State(
+            AnnotationSession(),
+            delete_callback=app.end_session,
+            time_to_live=app.limits.session_idle_minutes * 60,
+        )
         gr.Markdown(
             "## DynaMITe: click several objects, get all their masks\n"
             f"Model: **{app.model_label}**. Add images (several at once) or pick an example, click an object, "
@@ -344,7 +402,27 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         endpoint("undo", app.undo)
         endpoint("remove_instance", app.remove_instance)
         endpoint("reset", app.reset)
-        gr.Button(visible=False).click(on_api_export, [state], [files, status], api_name="export")
+        gr.Button(visible=False).click(
+            on_api_export,
+            [state],
+            [files, status],
+            api_name="export",
+            concurrency_id="export",
+            concurrency_limit=HEAVY_EVENT_CONCURRENCY,
+        )
+        # The stateless call: an image and its clicks in, the label map (PNG) and COCO JSON out; no session used.
+        segment_image = gr.File(visible=False, type="filepath", label="image")
+        segment_clicks = gr.JSON(visible=False, label="clicks")
+        gr.Button(visible=False).click(
+            on_segment,
+            [segment_image, segment_clicks],
+            [gr.File(visible=False, label="label_map"), gr.JSON(visible=False, label="coco")],
+            api_name="segment",
+            concurrency_id="segment",
+            concurrency_limit=HEAVY_EVENT_CONCURRENCY,
+            show_progress="hidden",
+        )
+        demo.unload(on_unload)
     return demo
 
 

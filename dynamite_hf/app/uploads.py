@@ -4,6 +4,12 @@ with notes that say what was done to it and refusals worded for a person, naming
 The model's `load_image` takes uint8 images as they are; the app decodes uploads itself first, so that what a
 photo library holds opens as people expect: 16-bit images are scaled (not clipped to white), transparent pixels
 are laid over white (and the status line says so), and too-large or too-small images are refused by name.
+
+A file is refused from its header, before any pixel is decoded, when it declares more than the app's megapixels
+(`--max-megapixels`; `limit_decoder_pixels` gives Pillow the same limit for whatever else decodes images). An image
+larger than the app's working size is decoded small: a JPEG by its decoder at 1/2 to 1/8 scale, any other format
+reduced to the working size before it is converted, so a small file that declares many pixels (a decompression
+bomb within the limit, a 16-bit scan) costs its decoded size once, not several float copies of it.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from .limits import AppLimits
 
 MAX_SIDE = 2048  # uploads larger than this on their longest side are downscaled (with a note)
 MIN_SIDE = 32  # uploads smaller than this on a side are refused: too small to click in the browser
-MAX_MEGAPIXELS = 100  # larger files are refused before they are decoded (a 100-MP RGB image takes 300 MB)
+MAX_MEGAPIXELS = AppLimits().max_megapixels  # larger files are refused before they are decoded
 # The overlay is drawn and sent with its longest side in this range: a 2-MP overlay took ~110 ms to draw and
 # encode per click, and its transfer more, for a picture the browser shows at about 1000 px anyway. Small
 # images are enlarged (nearest neighbour) so they can be clicked. Exports stay at the image's own size.
@@ -37,18 +45,27 @@ class DecodedImage:
     Attributes:
         pixels: `(H, W, 3)` uint8 RGB, EXIF orientation applied, at most `MAX_SIDE` on its longest side.
         notes: sentences for the status line saying what was changed (scaled, flattened, downscaled), or none.
+        original_size: `(height, width)` of the image in the file, EXIF orientation applied (`pixels` may be
+            smaller).
     """
 
     pixels: np.ndarray
     notes: tuple[str, ...] = ()
+    original_size: tuple[int, int] | None = None
 
 
-def decode_upload(path: str | Path, name: str | None = None) -> DecodedImage:
+def limit_decoder_pixels(max_megapixels: int) -> None:
+    """Give Pillow the app's limit: it then refuses (`DecompressionBombError`) any image of more than twice as many
+    pixels wherever it is opened in this process, and warns above it. For the app's process, not for libraries."""
+    Image.MAX_IMAGE_PIXELS = max_megapixels * 1_000_000
+
+
+def decode_upload(path: str | Path, name: str | None = None, max_megapixels: int = MAX_MEGAPIXELS) -> DecodedImage:
     """Decode the image file at `path`, which the person knows as `name` (default: the path's file name).
 
     Raises:
-        UploadRefused: for a file that is empty, not an image, too large to open or too small to click, with a
-            message that names `name` and says what to do.
+        UploadRefused: for a file that is empty, not an image, declares more than `max_megapixels` (checked from its
+            header, before decoding) or is too small to click, with a message that names `name` and says what to do.
     """
     path = Path(path)
     shown = repr(name or path.name)
@@ -58,44 +75,70 @@ def decode_upload(path: str | Path, name: str | None = None) -> DecodedImage:
     try:
         with Image.open(path) as opened:
             width, height = opened.size
-            if width * height > MAX_MEGAPIXELS * 1_000_000:
-                raise UploadRefused(_too_large(shown, width * height, f"{width}x{height} pixels, "))
+            if width * height > max_megapixels * 1_000_000:
+                raise UploadRefused(_too_large(shown, width * height, max_megapixels, f"{width}x{height} pixels, "))
             frames = getattr(opened, "n_frames", 1)
             if frames > 1:
                 notes.append(f"{shown} holds {frames} frames or pages: the first is used.")
+            working_size = _working_size(width, height)
+            if working_size is not None:  # a JPEG decodes at 1/2, 1/4 or 1/8 scale, still at least this size
+                opened.draft(None, working_size)
+            if opened.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # turned a quarter
+                width, height = height, width
             opened.load()
-            image = ImageOps.exif_transpose(opened)
+            ImageOps.exif_transpose(opened, in_place=True)  # no copy of a large image
+            image = opened
     except UploadRefused:
         raise
-    except Image.DecompressionBombError as error:  # Pillow's own limit (about 179 MP), checked while opening
+    except Image.DecompressionBombError as error:  # Pillow's own limit (`limit_decoder_pixels`)
         found = re.search(r"\((\d+) pixels\)", str(error))
-        raise UploadRefused(_too_large(shown, int(found.group(1)) if found else None)) from None
+        raise UploadRefused(_too_large(shown, int(found.group(1)) if found else None, max_megapixels)) from None
     except UnidentifiedImageError:
         raise UploadRefused(
             f"{shown} is not a readable image: upload a photo or picture file (JPEG, PNG, WebP, TIFF, BMP, GIF)."
         ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise UploadRefused(f"{shown} is not a readable image ({error}).") from None
-    pixels, conversion_notes = _to_rgb(image, shown)
-    notes += conversion_notes
-    height, width = pixels.shape[:2]
     if min(height, width) < MIN_SIDE:
         raise UploadRefused(
             f"{shown} is {width}x{height} pixels: images need at least {MIN_SIDE} px on each side to be clicked."
         )
-    if max(height, width) > MAX_SIDE:
-        scale = MAX_SIDE / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
-        notes.append(f"Downscaled from {width}x{height} to {size[0]}x{size[1]} (the app works up to {MAX_SIDE} px).")
-    return DecodedImage(np.ascontiguousarray(pixels), tuple(notes))
+    working_size = _working_size(width, height)
+    if working_size is not None:
+        image = _reduced(image, working_size)
+    pixels, conversion_notes = _to_rgb(image, shown)
+    notes += conversion_notes
+    if working_size is not None:
+        notes.append(
+            f"Downscaled from {width}x{height} to {working_size[0]}x{working_size[1]} (the app works up to "
+            f"{MAX_SIDE} px)."
+        )
+    return DecodedImage(np.ascontiguousarray(pixels), tuple(notes), (height, width))
 
 
-def _too_large(shown: str, pixels: int | None, dimensions: str = "") -> str:
+def _working_size(width: int, height: int) -> tuple[int, int] | None:
+    """`(width, height)` of an image of `width x height` brought to at most `MAX_SIDE` px, or None if it fits."""
+    if max(width, height) <= MAX_SIDE:
+        return None
+    scale = MAX_SIDE / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _reduced(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` averaged down to `size` `(width, height)` in its own mode (16-bit and float values kept)."""
+    if image.mode in ("1", "P", "PA"):  # indices cannot be averaged: their colours can
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        image = image.convert("RGBA" if "A" in image.mode else "RGB")
+    return image.resize(size, Image.Resampling.BOX)
+
+
+def _too_large(shown: str, pixels: int | None, max_megapixels: int, dimensions: str = "") -> str:
     size = f"{dimensions}{pixels / 1e6:.0f} megapixels" if pixels else "far more pixels than that"
     return (
-        f"{shown} is too large to open here ({size}; this app opens images up to {MAX_MEGAPIXELS} megapixels). "
-        f"Save a smaller copy (the app works at up to {MAX_SIDE} px on the longest side anyway) and upload that."
+        f"{shown} is too large to open here ({size}; this app opens images up to {max_megapixels} megapixels: "
+        f"{AppLimits.how_to_change('max_megapixels')}). Save a smaller copy (the app works at up to {MAX_SIDE} px "
+        "on the longest side anyway) and upload that."
     )
 
 

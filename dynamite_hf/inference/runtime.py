@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 
@@ -23,3 +24,24 @@ def tune_cpu_allocator() -> bool:
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
     except (OSError, AttributeError):
         return False
+
+
+def release_free_memory() -> bool:
+    """Return the free pages of every heap to the OS (glibc's `malloc_trim`): the counterpart of `tune_cpu_allocator`
+    for a process that has gone idle, so its resident memory falls back to what it holds. Returns False where it does
+    not apply (not Linux/glibc)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None

@@ -1,0 +1,457 @@
+"""Issue 42, a public app that survives abuse: every limit over HTTP against a real server started with small limits
+(each refusal names its limit and how to change it, and the session keeps what it had), hostile files, the compute
+lanes that keep heavy requests from starving clicks, and memory that stays bounded."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from app_server import running_app
+from PIL import Image, ImageFile
+from test_app import STATUS, export_zip, upload, write_image
+from tiny import tiny_model
+
+import dynamite_hf.app.annotator
+import dynamite_hf.app.scheduler
+from dynamite_hf import DynamiteImageProcessor
+from dynamite_hf.app.annotator import DynamiteApp
+from dynamite_hf.app.limits import AppLimits
+from dynamite_hf.app.scheduler import INTERACTIVE_MAX_INSTANCES, ComputeLanes, UsageLedger
+from dynamite_hf.app.session import AnnotationSession
+from dynamite_hf.app.uploads import UploadRefused, decode_upload, limit_decoder_pixels
+
+gradio_client = pytest.importorskip("gradio_client")
+LIMITS = {
+    "--max-instances": 2,
+    "--max-clicks": 4,
+    "--max-images": 2,
+    "--max-upload-mb": 1,
+    "--max-request-kb": 8,
+    "--max-megapixels": 1,
+    "--max-history-kb": 2,
+    "--max-pending": 2,
+    "--max-requests-per-second": 20,
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    tiny_model(num_static_bg_queries=0).save_pretrained(folder)
+    DynamiteImageProcessor.from_preset("mobilenet_v2").save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def limited(model_dir):
+    """An app whose limits are small enough to reach in a few requests."""
+    with running_app(model_dir, extra_args=[str(v) for item in LIMITS.items() for v in item]) as url:
+        yield url
+
+
+def client_with_image(url: str, folder: Path, seed: int = 0):
+    client = gradio_client.Client(url, verbose=False)
+    assert "ready" in upload(client, write_image(folder, seed))[STATUS]
+    return client
+
+
+def assert_names_the_limit(message: str, name: str, value: int) -> None:
+    """A refusal in words: the limit's value, its argument and its environment variable."""
+    assert str(value) in message, message
+    assert f"{AppLimits.flag(name)} or {AppLimits.variable(name)}" in message, message
+
+
+def png_file(path: Path, size: tuple[int, int], mode: str = "RGB", noise: bool = False) -> Path:
+    """A PNG of `size` (width, height): noise (a file as large as its pixels) or one colour (a tiny file)."""
+    if noise:
+        channels = {"RGB": 3, "L": 1}[mode]
+        pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+        Image.fromarray(pixels.squeeze()).save(path)
+    else:
+        Image.new(mode, size).save(path)
+    return path
+
+
+def join(url: str, session_hash: str, api_name: str, data: list, times: int = 1) -> httpx.Response | list:
+    """Join the queue for `api_name` as a page would (`times` times in a row: a list of responses), without reading
+    the answer."""
+    config = httpx.get(f"{url}config").json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == api_name)
+    body = {"data": data, "fn_index": fn_index, "session_hash": session_hash, "event_data": None, "trigger_id": None}
+    with httpx.Client() as http:
+        responses = [http.post(f"{url}gradio_api/queue/join", json=body) for _ in range(times)]
+    return responses[0] if times == 1 else responses
+
+
+# -- the limits over HTTP --------------------------------------------------------------------------------------------
+def test_instances_per_image_over_http(limited, tmp_path) -> None:
+    client = client_with_image(limited, tmp_path)
+    client.predict(10, 10, False, api_name="/click")
+    client.predict(api_name="/add_instance")
+    client.predict(40, 60, False, api_name="/click")
+    for refused in (client.predict(api_name="/add_instance"), client.predict(2, api_name="/select_instance")):
+        assert refused[STATUS].startswith("⚠️ No new instance: this image has 2 instances"), refused[STATUS]
+        assert_names_the_limit(refused[STATUS], "max_instances", 2)
+    assert "Click on instance 2" in client.predict(45, 20, False, api_name="/click")[STATUS]  # refines, as selected
+    _, coco, _ = export_zip(client)
+    assert [a["instance"] for a in coco["annotations"]] == [1, 2]
+
+
+def test_clicks_per_image_over_http(limited, tmp_path) -> None:
+    client = client_with_image(limited, tmp_path)
+    for index in range(4):
+        assert "Click on" in client.predict(5 + 10 * index, 10, index == 3, api_name="/click")[STATUS]
+    refused = client.predict(50, 50, False, api_name="/click")[STATUS]
+    assert refused.startswith("⚠️ Click not added: this image has 4 clicks"), refused
+    assert_names_the_limit(refused, "max_clicks", 4)
+    assert client.predict(api_name="/undo")[STATUS] == "Undone."
+    assert "Click on instance 1" in client.predict(50, 50, False, api_name="/click")[STATUS]  # room for one again
+    assert "Exported 1 image(s), 1 instance(s)" in export_zip(client)[2]
+
+
+def test_undo_history_bytes_per_image_over_http(limited, tmp_path) -> None:
+    """2 KB of history holds about three steps: undo goes back that far and then says why it stops."""
+    client = client_with_image(limited, tmp_path)
+    for index in range(4):
+        client.predict(5 + 10 * index, 10, False, api_name="/click")
+    messages = [client.predict(api_name="/undo")[STATUS] for _ in range(4)]
+    assert messages[0] == "Undone." and messages[-1].startswith("Nothing more to undo"), messages
+    assert_names_the_limit(messages[-1], "max_history_kb", 2)
+    assert "Exported 1 image(s), 1 instance(s)" in export_zip(client)[2]  # what is left of the clicks
+
+
+def test_images_per_session_over_http(limited, tmp_path) -> None:
+    client = gradio_client.Client(limited, verbose=False)
+    paths = [write_image(tmp_path, seed, f"photo_{seed}.png") for seed in range(3)]
+    message = upload(client, *paths)[STATUS]
+    assert message.startswith("Added 2 images.") and "⚠️ 'photo_2.png' was not added" in message, message
+    assert_names_the_limit(message, "max_images", 2)
+    message = upload(client, write_image(tmp_path, 5, "later.png"))[STATUS]
+    assert "'later.png' was not added: this session holds 2 images" in message
+    assert "images already here are kept" in message
+    client.predict(10, 10, False, api_name="/click")
+    assert export_zip(client)[2].startswith("Exported 2 image(s)")
+
+
+def test_upload_sizes_over_http(limited, tmp_path) -> None:
+    """A file over --max-upload-mb is refused by Gradio before it is stored (reworded to name the limit), a request
+    with more than a session's worth of files by the guard, both before any decoding; the session goes on."""
+    client = client_with_image(limited, tmp_path)
+    client.predict(10, 10, False, api_name="/click")
+    big = png_file(tmp_path / "big.png", (720, 720), noise=True)
+    assert 1 < big.stat().st_size / 2**20 < 2
+    with open(big, "rb") as handle:
+        response = httpx.post(f"{limited}gradio_api/upload", files={"files": ("big.png", handle)})
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert detail.startswith("File refused: it is larger than 1 MB"), detail
+    assert_names_the_limit(detail, "max_upload_mb", 1)
+    parts = [png_file(tmp_path / f"part_{k}.png", (500, 560), noise=True) for k in range(3)]  # 0.8 MB each
+    response = httpx.post(f"{limited}gradio_api/upload", files=[("files", (p.name, p.read_bytes())) for p in parts])
+    assert response.status_code == 413 and "one request may carry at most 2 MB" in response.json()["detail"]
+    response = httpx.post(f"{limited}gradio_api/upload", files=[("files", (p.name, p.read_bytes())) for p in parts[:2]])
+    assert response.status_code == 200 and len(response.json()) == 2  # within both limits
+    assert "Exported 1 image(s), 1 instance(s)" in export_zip(client)[2]
+
+
+def test_request_size_over_http(limited, tmp_path) -> None:
+    """Any other request body over --max-request-kb is refused before Gradio reads it, with or without a declared
+    length."""
+    client = client_with_image(limited, tmp_path)
+    client.predict(10, 10, False, api_name="/click")
+    response = join(limited, client.session_hash, "set_class", [None, "x" * 10_000])
+    assert response.status_code == 413
+    assert_names_the_limit(response.json()["detail"], "max_request_kb", 8)
+    body = json.dumps({"data": [None, "x" * 10_000], "fn_index": 0, "session_hash": client.session_hash}).encode()
+    streamed = httpx.post(
+        f"{limited}gradio_api/queue/join",
+        content=(body[i : i + 1000] for i in range(0, len(body), 1000)),  # chunked: no length declared
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 413
+    assert client.predict("cat", api_name="/set_class")[STATUS].startswith("Instance 1 is now 'cat'")
+
+
+def test_requests_per_session_over_http(limited) -> None:
+    """A session with --max-pending requests waiting or running gets no more into the queue every visitor shares;
+    once it has read their answers it may send again."""
+    session_hash = uuid.uuid4().hex
+    responses = [join(limited, session_hash, "add_instance", [None]) for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 429]
+    assert_names_the_limit(responses[2].json()["detail"], "max_pending", 2)
+    assert join(limited, uuid.uuid4().hex, "add_instance", [None]).status_code == 200  # other sessions go on
+    with httpx.stream("GET", f"{limited}gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        completed = sum('"process_completed"' in line for line in stream.iter_lines())
+    assert completed == 2
+    assert join(limited, session_hash, "add_instance", [None]).status_code == 200
+
+
+def test_request_rate_per_session_over_http(limited) -> None:
+    """A session sending requests faster than --max-requests-per-second (bursts of twice that) is refused: a tight
+    loop of cheap requests would otherwise spend the server's time; other sessions go on."""
+    session_hash = uuid.uuid4().hex
+    details = [r.json().get("detail", "") for r in join(limited, session_hash, "add_instance", [None], times=50)]
+    assert "requests waiting or running" in details[5]  # the queue's share refused first...
+    assert details[-1].startswith("Request refused: this session sent more than 20 requests a second"), details[-1]
+    assert_names_the_limit(details[-1], "max_requests_per_second", 20)
+    assert join(limited, uuid.uuid4().hex, "add_instance", [None]).status_code == 200
+
+
+def test_a_decompression_bomb_is_refused_by_its_header_over_http(limited, tmp_path) -> None:
+    """A tiny file that declares more pixels than --max-megapixels is refused by name before it is decoded."""
+    client = client_with_image(limited, tmp_path)
+    bomb = png_file(tmp_path / "bomb.png", (1600, 1250))  # 2 megapixels in a few KB
+    assert bomb.stat().st_size < 20_000
+    message = upload(client, bomb)[STATUS]
+    assert message.startswith("⚠️ 'bomb.png' is too large to open here (1600x1250 pixels, 2 megapixels;"), message
+    assert_names_the_limit(message, "max_megapixels", 1)
+    assert "images already here are kept" in message
+
+
+def test_the_stateless_call_obeys_the_same_limits(limited, tmp_path) -> None:
+    client = gradio_client.Client(limited, verbose=False)
+    image = gradio_client.handle_file(write_image(tmp_path, 0))
+    refusals = {
+        "max_instances": [{"row": 5, "col": 5 + k, "instance": k} for k in range(3)],
+        "max_clicks": [{"row": 5, "col": 5 + k, "instance": 0} for k in range(5)],
+    }
+    for name, clicks in refusals.items():
+        with pytest.raises(gradio_client.exceptions.AppError) as error:
+            client.predict(image, clicks, api_name="/segment")
+        assert_names_the_limit(error.value.message, name, LIMITS[AppLimits.flag(name)])
+    with pytest.raises(gradio_client.exceptions.AppError) as error:
+        bomb = png_file(tmp_path / "bomb.png", (1600, 1250))
+        client.predict(gradio_client.handle_file(str(bomb)), [{"row": 5, "col": 5, "instance": 0}], api_name="/segment")
+    assert "'bomb.png' is too large to open here" in error.value.message
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 1048576 bytes"):  # gradio_client checks
+        big = png_file(tmp_path / "big.png", (720, 720), noise=True)  # the app's max_file_size before sending
+        client.predict(gradio_client.handle_file(str(big)), [], api_name="/segment")
+    response = join(limited, uuid.uuid4().hex, "segment", [None, [{"row": 1, "col": 1, "instance": 0}] * 400])
+    assert response.status_code == 413  # 400 clicks of JSON: over 8 KB
+    label_map, coco = client.predict(image, refusals["max_instances"][:2], api_name="/segment")
+    assert Image.open(label_map).size == (80, 60) and len(coco["annotations"]) == 2
+
+
+# -- configuration ---------------------------------------------------------------------------------------------------
+def test_limits_come_from_arguments_then_environment_variables_then_defaults(capsys) -> None:
+    def parse(argv, environ):
+        parser = argparse.ArgumentParser()
+        AppLimits.add_arguments(parser, environ)
+        return AppLimits.from_arguments(parser.parse_args(argv))
+
+    assert parse([], {}) == AppLimits()
+    limits = parse(["--max-clicks", "50"], {"DYNAMITE_MAX_CLICKS": "40", "DYNAMITE_MAX_INSTANCES": "5"})
+    assert (limits.max_clicks, limits.max_instances, limits.max_images) == (50, 5, AppLimits().max_images)
+    for argv, environ, named in (
+        ([], {"DYNAMITE_MAX_IMAGES": "many"}, "--max-images or $DYNAMITE_MAX_IMAGES), got 'many'"),
+        (["--max-upload-mb", "0"], {}, "--max-upload-mb or $DYNAMITE_MAX_UPLOAD_MB), got '0'"),
+    ):
+        with pytest.raises(SystemExit):
+            parse(argv, environ)
+        assert named in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_clicks must be a positive integer"):
+        AppLimits(max_clicks=0)
+
+
+# -- hostile files, in process ---------------------------------------------------------------------------------------
+def test_a_bomb_is_refused_before_any_pixel_is_decoded(tmp_path, monkeypatch) -> None:
+    """The refusal comes from the header: decoding is never started. Pillow gets the same limit for the process
+    (`limit_decoder_pixels`), so whatever else opens an image refuses a bomb too."""
+    bomb = png_file(tmp_path / "bomb.png", (3000, 2000))  # 6 megapixels
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("a bomb was decoded"))
+    with pytest.raises(UploadRefused, match=r"6 megapixels; this app opens images up to 5 megapixels"):
+        decode_upload(bomb, max_megapixels=5)
+    monkeypatch.undo()
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        limit_decoder_pixels(2)
+        with pytest.raises(Image.DecompressionBombError), Image.open(bomb) as opened:
+            opened.load()
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def test_a_bomb_within_the_pixel_limit_is_decoded_at_the_working_size(tmp_path) -> None:
+    """A 16-bit PNG of 59 megapixels in 110 KB (within the default 100): decoded, its memory is its own decoded size
+    (119 MB) and the working-size image, not float copies of the whole (2 GB before)."""
+    bomb = png_file(tmp_path / "scan.png", (9000, 6600), mode="I;16")
+    assert bomb.stat().st_size < 200_000
+    script = (
+        "import resource, sys\n"
+        "from dynamite_hf.app.uploads import decode_upload\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "decoded = decode_upload(sys.argv[1])\n"
+        "print(decoded.pixels.shape, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(bomb)], capture_output=True, text=True, check=True)
+    shape, increase = result.stdout.rsplit(" ", 1)
+    assert shape == "(1502, 2048, 3)" and float(increase) < 400, result.stdout
+
+
+# -- fairness: the compute lanes -------------------------------------------------------------------------------------
+def test_a_click_runs_while_a_heavy_computation_holds_the_background_lane() -> None:
+    """The interactive lane does not wait for the background one; the background lane's thread (and the threads it
+    starts, its OpenMP team) has the lowest CPU priority on Linux."""
+    lanes = ComputeLanes()
+    started, release = threading.Event(), threading.Event()
+    heavy = threading.Thread(
+        target=lanes.run, args=("abuser", lambda: started.set() or release.wait(10), True), daemon=True
+    )
+    heavy.start()
+    assert started.wait(5)
+    assert lanes.run("visitor", lambda: "click", background=False) == "click"  # while the heavy one still runs
+    assert heavy.is_alive()
+    release.set()
+    heavy.join(5)
+    if sys.platform.startswith("linux"):
+        assert lanes.background.lowered_priority
+        assert os.getpriority(os.PRIO_PROCESS, lanes.background.thread.native_id) == 19
+        assert os.getpriority(os.PRIO_PROCESS, lanes.interactive.thread.native_id) == os.getpriority(os.PRIO_PROCESS, 0)
+    lanes.close()
+
+
+def test_the_least_used_session_goes_first_in_a_lane() -> None:
+    """A session that has used the lane a lot waits behind one that has not, whatever the order of arrival."""
+    lanes = ComputeLanes()
+    lanes.ledger.charge("abuser", 30.0)
+    busy, release, order = threading.Event(), threading.Event(), []
+    blocker = threading.Thread(target=lanes.run, args=("x", lambda: busy.set() or release.wait(10), True))
+    blocker.start()
+    assert busy.wait(5)
+    waiting = []
+    for owner in ("abuser", "abuser", "visitor"):  # the visitor arrives last
+        waiting.append(threading.Thread(target=lanes.run, args=(owner, lambda o=owner: order.append(o), True)))
+        waiting[-1].start()
+        while len(lanes.background) < len(waiting):
+            time.sleep(0.01)
+    release.set()
+    for thread in (blocker, *waiting):
+        thread.join(5)
+    assert order == ["visitor", "abuser", "abuser"]
+    ledger = UsageLedger(half_life_s=0.1)
+    ledger.charge("a", 8.0)
+    time.sleep(0.3)
+    assert ledger.usage("a") < 2.0  # halved every 0.1 s
+    lanes.close()
+
+
+def test_the_app_sends_small_previews_to_the_interactive_lane_and_the_rest_to_the_background(tmp_path) -> None:
+    app = DynamiteApp(tiny_model(), "tiny", limits=AppLimits(max_instances=20))
+    calls = []
+    run = app.lanes.run
+
+    def spy(owner, function, background):
+        calls.append(background)
+        return run(owner, function, background)
+
+    app.lanes.run = spy
+    session = AnnotationSession()
+    app.add_images(session, [write_image(tmp_path, 0, size=(60, 80))])
+    assert calls and all(calls)  # decoding, image features
+    calls.clear()
+    app.click(session, 10, 10, False)
+    assert calls == [False]  # a click's preview on cached features
+    for index in range(INTERACTIVE_MAX_INSTANCES):
+        app.add_instance(session)
+        app.click(session, 2 + 5 * index, 40, False)
+    calls.clear()
+    app.click(session, 50, 70, False)
+    assert session.image.num_instances > INTERACTIVE_MAX_INSTANCES and calls == [True]
+    calls.clear()
+    app.export(session)
+    assert len(calls) == 2 and all(calls)  # the export, and inside it the exact masks (run in place)
+
+
+def test_the_lanes_return_free_memory_once_idle(monkeypatch) -> None:
+    trims = []
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "IDLE_TRIM_S", 0.2)
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "release_free_memory", lambda: trims.append(time.monotonic()))
+    lanes = ComputeLanes()
+    lanes.run("a", lambda: None, background=True)
+    lanes.run("a", lambda: None, background=False)
+    time.sleep(1.0)
+    assert len(trims) == 1  # once per idle spell
+    lanes.run("a", lambda: None, background=False)
+    time.sleep(1.0)
+    assert len(trims) == 2
+    lanes.close()
+
+
+# -- bounded memory --------------------------------------------------------------------------------------------------
+def test_a_session_holds_a_bounded_history_and_only_small_things(tmp_path) -> None:
+    app = DynamiteApp(tiny_model(), "tiny", limits=AppLimits(max_history_kb=4))
+    session = AnnotationSession()
+    app.add_images(session, [write_image(tmp_path, 0)])
+    app.click(session, 10, 10, False)
+    for index in range(2000):  # renaming needs no model run: the cheapest way to grow a history
+        app.set_class(session, f"class {index % 7}")
+    image = session.image
+    assert image.history_nbytes() <= 4 * 1024 and session.nbytes() <= 4 * 1024
+    assert 2 < len(image.history) < 40 and image.history_trimmed
+    assert image.annotation.classes == (f"class {1999 % 7}",) and image.clicks  # the newest step is whole
+    app.show_image(session, 0)
+    files, _ = app.export(session)
+    assert image.exact is not None and image.exact[1].is_file()  # exact masks on disk, not in the session
+
+
+def test_a_closed_page_frees_its_images_and_a_dropped_session_its_files(model_dir, tmp_path) -> None:
+    """The page's heartbeat ends (a tab closed, `Client.close`): Gradio's unload event frees the session's cached
+    features at once. A session Gradio drops without calling back (past its capacity) takes its files with it."""
+    from dynamite_hf.app.gradio_app import build_demo, launch
+    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
+
+    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny")
+    demo = build_demo(app)
+    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        upload(client, write_image(tmp_path, 0))
+        client.predict(10, 10, False, api_name="/click")
+        (session,) = app._sessions.values()
+        key = session.image.key
+        assert key in app.cache
+        client.close()
+        deadline = time.monotonic() + 30
+        while key in app.cache and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert key not in app.cache
+        assert session.image.clicks and session.folder.is_dir()  # its work stays, should the page come back
+    finally:
+        demo.close()
+    dropped = AnnotationSession()
+    app.add_images(dropped, [write_image(tmp_path, 1)])
+    folder = dropped.folder
+    assert folder.is_dir()
+    del dropped
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_path, monkeypatch) -> None:
+    """Gradio keeps a closed session's state for an hour; its uploads go sooner (a visitor could otherwise fill the
+    disk with sessions opened and closed), unless the page acts again (a dropped connection that came back)."""
+    monkeypatch.setattr(dynamite_hf.app.annotator, "RELEASE_GRACE_S", 0.3)
+    app = DynamiteApp(tiny_model(), "tiny")
+    gone, back = AnnotationSession(), AnnotationSession()
+    for session_hash, session in (("gone", gone), ("back", back)):
+        app.remember(session_hash, session)
+        app.add_images(session, [write_image(tmp_path, 0, f"{session_hash}.png")])
+    app.release("gone")
+    app.release("back")
+    assert gone.folder.is_dir() and back.folder.is_dir()  # within the grace period
+    time.sleep(0.5)
+    app.remember("back", back)  # it acts again; any request sweeps the sessions whose grace is over
+    assert not gone.folder.exists() and back.folder.is_dir()
+    assert "ready" in app.show_image(back, 0)
