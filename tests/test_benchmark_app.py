@@ -58,6 +58,7 @@ def test_clients_refuse_an_error_message_as_a_timed_click(server, tmp_path) -> N
     assert message.startswith("⚠️ Upload an image")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("client", ["browser", "chromium"])
 def test_benchmark_prints_its_figures(model_dir, tmp_path, capsys, client) -> None:
     if client == "chromium" and not Path(CHROMIUM).exists():
@@ -89,6 +90,7 @@ def test_sessions_start_clicking_together(server, tmp_path) -> None:
     assert [len(times) for times in results] == [3, 3]
 
 
+@pytest.mark.slow
 def test_the_abuse_benchmark_prints_its_figures(model_dir, capsys) -> None:
     """Issue 42: the abusive client (clicks at the limits, large uploads, the stateless call at the limits) beside
     normal sessions, both halves timed in one run, and the app's memory; a short run with small limits."""

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from script_module import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
+@pytest.mark.slow
 def test_benchmark_prints_times_memory_flops_and_the_fraction_of_the_gemm_rate(tmp_path) -> None:
     output = tmp_path / "bench.json"
     command = [sys.executable, str(SCRIPT), "--presets", "mobilenet_v2", "--size", "64x96", "--repeats", "1"]
@@ -78,6 +80,7 @@ def test_flop_count_includes_the_fused_attention() -> None:
     assert fused == explicit == 2 * 2 * 3 * 50 * 20 * (16 + 8)
 
 
+@pytest.mark.slow
 def test_benchmark_times_a_saved_model_folder_with_its_own_weights(tmp_path) -> None:
     """`--models FOLDER` times a saved model (its own config, e.g. a grown layer count, and weights); a folder
     without a config is refused by name before anything runs."""

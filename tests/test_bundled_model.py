@@ -44,6 +44,7 @@ def test_the_app_loads_the_bundled_model_by_default(monkeypatch) -> None:
     assert processor.image_processor.guided_filter_radius == 8
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "GrabCut").is_dir(), reason="../shared/data/GrabCut is not present")
 def test_the_bundled_model_segments_grabcut_objects_from_one_click() -> None:
     """Mean IoU after the protocol's first click on the first ten GrabCut objects (the untrained head of the CPU
@@ -82,6 +83,7 @@ def test_one_click_per_object_gives_each_object_its_own_instance(bundled_segment
     assert metrics["instances_containing_click"] >= 0.9, metrics
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "GrabCut").is_dir(), reason="../shared/data/GrabCut is not present")
 def test_corrective_clicks_are_obeyed_and_improve_the_mask(bundled_segmenter) -> None:
     """GrabCut, the protocol's clicks 2-5 on every object: a positive click's pixel should end up inside the
@@ -101,6 +103,7 @@ def test_corrective_clicks_are_obeyed_and_improve_the_mask(bundled_segmenter) ->
     assert metrics["mIoU_per_click"][4] >= metrics["mIoU_per_click"][0] + 0.1, metrics["mIoU_per_click"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "DAVIS").is_dir(), reason="../shared/data/DAVIS is not present")
 def test_the_bundled_model_snaps_mask_boundaries_to_the_photo(bundled_segmenter) -> None:
     """The bundled config turns on the guided-filter refinement (`dynamite_hf.models.dynamite.refinement`). On the first eight

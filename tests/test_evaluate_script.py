@@ -18,7 +18,7 @@ def evaluate_main(argv):
     load_script(SCRIPT).main(argv)
 
 
-@pytest.mark.parametrize(("mode", "key"), [("single", "NoC@90"), ("multi", "NCI")])
+@pytest.mark.parametrize(("mode", "key"), [("single", "NoC@90"), pytest.param("multi", "NCI", marks=pytest.mark.slow)])
 def test_evaluate_writes_table_json_and_plot(folder_dataset, mode, key, capsys) -> None:
     output = folder_dataset / f"out_{mode}"
     evaluate_main(

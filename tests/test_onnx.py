@@ -89,6 +89,7 @@ def _compare_stages(models, size: tuple[int, int], clicks_name: str) -> None:
     torch.testing.assert_close(got.pred_masks, expected.pred_masks, rtol=0, atol=ATOL)
 
 
+@pytest.mark.slow
 # One exported pair of graphs serves every image size and click count (dynamic axes).
 @pytest.mark.parametrize(
     ("size", "clicks_name"),
@@ -104,6 +105,7 @@ def test_resnet50_logits_match_pytorch(resnet50, size, clicks_name) -> None:
     _compare_stages(resnet50, size, clicks_name)
 
 
+@pytest.mark.slow
 def test_predictor_runs_the_onnx_backend_with_the_same_api(mobilenet) -> None:
     torch_model, onnx_model = mobilenet
     processor = DynamiteImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})
@@ -156,6 +158,7 @@ def test_missing_metadata_is_named(tmp_path) -> None:
         OnnxDynamiteModel.from_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_onnx_is_named(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     (directory / CLICK_DECODER_FILE).write_bytes(b"not an onnx model")
@@ -163,6 +166,7 @@ def test_a_file_that_is_not_onnx_is_named(mobilenet, tmp_path) -> None:
         OnnxDynamiteModel.from_pretrained(directory)
 
 
+@pytest.mark.slow
 def test_a_graph_from_another_export_is_refused(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     metadata = json.loads((directory / METADATA_FILE).read_text())
@@ -172,6 +176,7 @@ def test_a_graph_from_another_export_is_refused(mobilenet, tmp_path) -> None:
         OnnxDynamiteModel.from_pretrained(directory)
 
 
+@pytest.mark.slow
 def test_swapped_graphs_are_named(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     shutil.copy(_export_dir(mobilenet) / IMAGE_ENCODER_FILE, directory / CLICK_DECODER_FILE)
@@ -196,6 +201,7 @@ def _write_onnx(path, input_names: list[str], metadata: dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
+@pytest.mark.slow
 def test_an_onnx_file_without_dynamite_metadata_is_named(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     _write_onnx(directory / CLICK_DECODER_FILE, ["pixel_values"], {})
@@ -203,6 +209,7 @@ def test_an_onnx_file_without_dynamite_metadata_is_named(mobilenet, tmp_path) ->
         OnnxDynamiteModel.from_pretrained(directory)
 
 
+@pytest.mark.slow
 def test_missing_input_names_are_listed(mobilenet, tmp_path) -> None:
     directory = _copy_export(_export_dir(mobilenet), tmp_path / "export")
     export_id = json.loads((directory / METADATA_FILE).read_text())["export_id"]

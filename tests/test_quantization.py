@@ -71,6 +71,7 @@ def test_bad_parts_double_quantization_and_saving_are_refused(tmp_path) -> None:
     assert not (tmp_path / "int8").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "GrabCut").is_dir(), reason="../shared/data/GrabCut is not present")
 def test_int8_masks_stay_close_to_float32_on_real_photos() -> None:
     """The bundled model on five GrabCut photos, three protocol clicks each (following the float32 masks)."""

@@ -126,6 +126,7 @@ def package_results(folder: str, image: Path) -> dict[str, torch.Tensor]:
     return {**tensors, "pred_masks": outputs.pred_masks, "query_labels": outputs.query_labels, **result}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["saved", "bundled", "upload", "resaved"])
 def test_the_folder_loads_through_remote_code_and_gives_the_package_results(remote, name) -> None:
     classes = json.loads((remote["work"] / "classes.json").read_text())
@@ -144,6 +145,7 @@ def test_the_folder_loads_through_remote_code_and_gives_the_package_results(remo
         assert expected["masks"].any(dim=(1, 2)).all()
 
 
+@pytest.mark.slow
 def test_the_cards_usage_snippets_run_without_the_package(remote) -> None:
     """The bundled card's and a made card's transformers-only snippets (the Auto classes, the pipeline), run
     against the local folders."""

@@ -87,6 +87,7 @@ def corrective_passes(seed: int, micro_steps: int, max_interactions: int) -> lis
 # -- precision ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @requires_data
 def test_bf16_training_with_click_passes_stays_finite_and_differs_from_float32(data, float32_run, tmp_path) -> None:
     reference, _ = float32_run
@@ -174,6 +175,7 @@ def test_a_launch_that_asked_for_several_processes_but_started_one_stops(how, da
     assert not output.exists()
 
 
+@pytest.mark.slow
 @requires_data
 def test_the_plan_is_printed_before_the_first_step(data, float32_run) -> None:
     output, result = float32_run
@@ -197,6 +199,7 @@ def test_the_plan_is_printed_before_the_first_step(data, float32_run) -> None:
 # -- outputs ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @requires_data
 def test_checkpoint_every_0_writes_the_final_checkpoint(float32_run) -> None:
     output, _ = float32_run
@@ -205,6 +208,7 @@ def test_checkpoint_every_0_writes_the_final_checkpoint(float32_run) -> None:
     assert (output / "checkpoints" / "step_4" / "config.json").is_file()
 
 
+@pytest.mark.slow
 @requires_data
 def test_the_final_model_and_an_exported_checkpoint_are_remote_code_folders(float32_run, tmp_path) -> None:
     """The run's final save and `export_checkpoint` write whole model folders (`save_model_folder`): code, `auto_map`
@@ -231,6 +235,7 @@ def _wait_for_step(log: Path, process: subprocess.Popen, step: int, timeout: flo
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 @requires_data
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(data, tmp_path) -> None:
     output, log = tmp_path / "run", tmp_path / "log.txt"
