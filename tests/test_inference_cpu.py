@@ -136,14 +136,16 @@ def test_auto_picks_the_cpu_decoder_only_for_a_float32_model_on_the_cpu() -> Non
         select_backend(model, "fast")
 
 
-def test_gather_sum_equals_grid_sample_including_points_outside_the_map() -> None:
+@pytest.mark.parametrize("queries_per_chunk", [4096, 7])  # one chunk; several, the last one short
+def test_gather_sum_equals_grid_sample_including_points_outside_the_map(queries_per_chunk) -> None:
     generator = torch.Generator().manual_seed(0)
     shapes = [(4, 6), (8, 12), (16, 24)]
     value = torch.randn(2, sum(h * w for h, w in shapes), 4, 8, generator=generator)
     locations = torch.rand(2, 50, 4, 3, 4, 2, generator=generator) * 1.4 - 0.2  # some beyond [0, 1]
     weights = torch.rand(2, 50, 4, 3, 4, generator=generator).softmax(-1)
     expected = multi_scale_deformable_attention(value, shapes, locations, weights)
-    torch.testing.assert_close(gather_sum_deformable_attention(value, shapes, locations, weights), expected)
+    actual = gather_sum_deformable_attention(value, shapes, locations, weights, queries_per_chunk=queries_per_chunk)
+    torch.testing.assert_close(actual, expected)
 
 
 @pytest.mark.parametrize("rows_per_chunk", [5, 1000])

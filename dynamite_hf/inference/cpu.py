@@ -41,15 +41,43 @@ from .feed_forward import ffn_in_chunks, onednn_ffn_weights, onednn_linear_weigh
 
 
 def gather_sum_deformable_attention(
-    value: Tensor, spatial_shapes: list[tuple[int, int]], sampling_locations: Tensor, attention_weights: Tensor
+    value: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+    queries_per_chunk: int = 4096,
 ) -> Tensor:
     """`multi_scale_deformable_attention` (the pixel decoder's, by `grid_sample`) as one weighted gather-sum: each
     sample point contributes its four neighbouring pixels with weight (bilinear weight x attention weight), and
     `embedding_bag` sums them, so the `(batch * heads, head_dim, queries, levels * points)` stack of samples is
-    never built. Same arguments and output; equal up to float rounding."""
+    never built. Same arguments and output; equal up to float rounding. The queries go `queries_per_chunk` at a time
+    (each query's sum is its own), so the corner indices and weights of the whole map (about 250 MB for a paper
+    preset at 800x1216) never exist at once."""
     batch, num_keys, num_heads, head_dim = value.shape
     num_queries = sampling_locations.shape[1]
-    device, dtype = value.device, sampling_locations.dtype
+    table = value.transpose(1, 2).reshape(batch * num_heads * num_keys, head_dim)
+    output = value.new_empty(batch, num_queries, num_heads * head_dim)
+    for start in range(0, num_queries, queries_per_chunk):
+        stop = min(start + queries_per_chunk, num_queries)
+        indices, weights = _corner_rows_and_weights(
+            num_keys, num_heads, spatial_shapes, sampling_locations[:, start:stop], attention_weights[:, start:stop]
+        )
+        summed = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+        output[:, start:stop] = summed.view(batch, stop - start, num_heads * head_dim)
+    return output
+
+
+def _corner_rows_and_weights(
+    num_keys: int,
+    num_heads: int,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """For `gather_sum_deformable_attention`: per (image, query, head), the rows of the flattened value table of each
+    sample point's four neighbouring pixels and their weights, `(batch * queries * heads, levels * points * 4)`."""
+    batch, num_queries = sampling_locations.shape[:2]
+    device, dtype = sampling_locations.device, sampling_locations.dtype
     sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device)
     starts = torch.tensor([0] + [h * w for h, w in spatial_shapes[:-1]], dtype=dtype, device=device).cumsum(0)
     widths, heights = sizes[:, 0].view(1, 1, 1, -1, 1), sizes[:, 1].view(1, 1, 1, -1, 1)
@@ -78,9 +106,7 @@ def gather_sum_deformable_attention(
         weights.append(bilinear * attention_weights * (column_inside & row_inside))
     indices = torch.stack(indices, -1).view(batch * num_queries * num_heads, -1).long()
     weights = torch.stack(weights, -1).view(batch * num_queries * num_heads, -1)
-    table = value.transpose(1, 2).reshape(batch * num_heads * num_keys, head_dim)
-    output = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
-    return output.view(batch, num_queries, num_heads * head_dim)
+    return indices, weights
 
 
 @dataclass
