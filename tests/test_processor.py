@@ -188,3 +188,22 @@ def test_bad_processor_settings_are_named() -> None:
         DynamiteImageProcessor(guided_filter_radius=-1)
     with pytest.raises(ValueError, match="Unknown preset"):
         DynamiteImageProcessor.from_preset("resnet18")
+
+
+def test_scores_are_each_instances_mean_probability_over_its_mask() -> None:
+    """`scores[k]`: the mean over instance k's mask of the sigmoid of its logits (the max over its queries, at the
+    output size); 0 for an instance whose mask came out empty."""
+    generator = torch.Generator().manual_seed(0)
+    pred_masks = torch.randn(1, 6, 8, 12, generator=generator) * 3
+    pred_masks[0, 3] = -100.0  # instance 3's only query loses everywhere: an empty mask
+    query_labels = torch.tensor([[1, 2, 1, 3, 0, 0]])
+    size = [(32, 48)]  # the padded size: no crop, no resize after the 4x upsampling
+    (result,) = DynamiteImageProcessor(guided_filter_radius=0).post_process_masks(pred_masks, query_labels, size, size)
+    logits = torch.nn.functional.interpolate(pred_masks, size=size[0], mode="bilinear", align_corners=False)[0]
+    instance_logits = torch.stack([logits[query_labels[0] == k].amax(0) for k in (1, 2, 3)])
+    masks = result["masks"]
+    assert masks[:2].any(dim=(1, 2)).all() and not masks[2].any()
+    expected = [
+        instance_logits[k].sigmoid()[masks[k]].mean() if masks[k].any() else torch.tensor(0.0) for k in range(3)
+    ]
+    torch.testing.assert_close(result["scores"], torch.stack(expected))

@@ -206,9 +206,10 @@ class CpuClickDecoder:
             hidden = ffn_in_chunks(
                 hidden, layer.linear1, layer.linear2, layer.norm2, overwrite_input=True, use_onednn=self.use_onednn
             )
+        del position
         mask_features, multi_scale_features = decoder.decode_levels(hidden, shapes, features)
         # The backbone's maps (117 MB for R50 at 800x1216) are not needed for what is cached next.
-        del features, hidden, position
+        del features, hidden
         return self.prepare(DynamiteImageEmbeddings(mask_features, tuple(multi_scale_features)))
 
     @torch.inference_mode()

@@ -225,13 +225,12 @@ class DynamitePixelDecoder(nn.Module):
         for i in reversed(range(self.num_fpn_levels)):
             top_down = F.interpolate(outputs[-1], size=features[i].shape[-2:], mode="bilinear", align_corners=False)
             outputs.append(self.fpn_output[i](top_down.add_(self.fpn_lateral[i](features[i]))))
-        multi_scale_features = outputs[: self.num_levels]
-
-        finest = outputs[-1]
+        multi_scale_features, finest = outputs[: self.num_levels], outputs[-1]
+        # The three maps just above the stride-4 one (strides 8, 16, 32; for the two-level FPN of the released HRNet:
+        # the stride-8 FPN map, the stride-8 and the stride-16 transformer maps), fused by the refine branch.
+        to_fuse = outputs[::-1][1:4]
+        del outputs  # the stride-4 FPN map is `finest` alone now: the sum below frees it
         if self.refine is not None:
-            # Fuse the three maps just above the stride-4 one (strides 8, 16, 32; for the two-level FPN of
-            # the released HRNet: the stride-8 FPN map, the stride-8 and the stride-16 transformer maps).
-            to_fuse = outputs[::-1][1:4]
             fused = self.refine[0](to_fuse[0])
             for conv, feature in zip(self.refine[1:], to_fuse[1:], strict=True):
                 # Upsampled by an exact power of 2 (the padded size is a multiple of 32); given as a size rather

@@ -403,11 +403,17 @@ class DynamiteImageProcessor(BaseImageProcessor):
                         pred_masks[index], labels, num_instances, padded_size, image_size, output_size
                     )
                 background = grouped[num_instances] if grouped.shape[0] > num_instances else None
-                probabilities = grouped[:num_instances].sigmoid()
                 label_map = label_instances(grouped[:num_instances], background)
+                probabilities = grouped[:num_instances]  # logits: only each pixel's own instance's is turned below
+            # Each pixel's probability of its own instance; summed per instance over its mask.
+            own = probabilities.gather(0, (label_map - 1).clamp(min=0)[None])[0] if num_instances else label_map * 0.0
+            if not refine_boundaries:
+                own = own.sigmoid()
+            flat_labels = label_map.flatten()
+            sums = torch.bincount(flat_labels, weights=own.flatten().double(), minlength=num_instances + 1)
+            areas = torch.bincount(flat_labels, minlength=num_instances + 1)
+            scores = sums[1:] / areas[1:].clamp(min=1)
             masks = label_map[None] == torch.arange(1, num_instances + 1, device=label_map.device)[:, None, None]
-            areas = masks.flatten(1).sum(1)
-            scores = (probabilities * masks).flatten(1).sum(1) / areas.clamp(min=1)
             results.append({"masks": masks, "label_map": label_map, "scores": scores.float()})
         return results
 
