@@ -3,7 +3,7 @@
 
 python app.py                          # bundled model (or a labelled fallback), http://127.0.0.1:7860
 python app.py --model path/or/hub-id   # or set DYNAMITE_MODEL
-python app.py --max-instances 50       # or set DYNAMITE_MAX_INSTANCES=50: every limit below (README "Limits")
+python app.py --max-instances 50       # or set DYNAMITE_MAX_INSTANCES=50: every limit below (docs/app.md "Limits")
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         "--int8",
         action="store_true",
         default=os.environ.get("DYNAMITE_INT8", "") not in ("", "0"),
-        help="opt-in int8 FFN layers (masks change slightly; clicks 1.0-1.26x as fast as float32 on this project's "
-        "2-core CPU: README 'int8'); or set DYNAMITE_INT8=1",
+        help="opt-in int8 FFN layers (faster clicks, slightly different masks: docs/performance.md 'int8'); "
+        "or set DYNAMITE_INT8=1",
     )
     AppLimits.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ with at least one click) or `null` for a background click. Clicks are listed in 
 sets their timestamps). Relative image paths are read from the clicks file's folder.
 
 Limits, checked before any image is read: a clicks file of at most `--max-clicks-file-mb` (default 100), and per
-image at most `--max-instances` instances and `--max-clicks` clicks (the predictor's defaults, 30 and 300: README
+image at most `--max-instances` instances and `--max-clicks` clicks (the predictor's defaults, 30 and 300: docs/app.md
 "Limits"; 0 lifts one). Images over the image processor's `max_image_pixels` are refused before decoding.
 
 For each image, `OUTPUT/<image stem>/` receives, by `--format`: `png` (label_map.png with instance ids and
@@ -92,7 +92,7 @@ def read_jobs(
         ):
             if limit is not None and count > limit:
                 raise ValueError(
-                    f"{where} has {count} {what}, more than {flag} {limit} (README 'Limits'); raise it, or 0 for none"
+                    f"{where} has {count} {what}, more than {flag} {limit} (docs/app.md 'Limits'); raise it, or 0 for none"
                 )
         image = (path.parent / entry["image"]).resolve()
         if image.stem in folders:

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # min(0.7 n, 30) of an image's objects); the paper's multi-instance protocol gives each instance 10 clicks, and
 # 10 x 30 = 300 clicks stays under the temporal normaliser (`temporal_norm`, 500), below which every click's time
 # is encoded as in training (past it, every timestamp is divided by the largest instead). A click at these limits
-# takes about 2 s (one thread) and its exact masks for a 2048 x 1536 image about 2 GB at peak (README "Limits").
+# takes about 2 s (one thread) and its exact masks for a 2048 x 1536 image about 2 GB at peak (docs/app.md "Limits").
 DEFAULT_MAX_INSTANCES = 30
 DEFAULT_MAX_CLICKS = 300
 # Label maps kept by the undo history: 20 steps of a 2048 x 1536 image (int32).

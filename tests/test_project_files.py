@@ -17,7 +17,7 @@ def test_readme_commands_work_from_a_fresh_shell() -> None:
     assert bare is not None  # the training and evaluation sections use bare commands
     activation = readme.find("source .venv/bin/activate")
     assert 0 <= activation < bare.start(), f"README uses {bare.group(0)!r} before saying how to enter .venv"
-    assert "make demo" in readme and ".venv/bin/dynamite-segment" in readme
+    assert "make demo" in readme and "`.venv/bin/`" in readme
     # `make test` runs the browser test only where Chromium is installed: `make browser` installs it.
     assert "make browser" in readme and re.search(r"^browser:", (ROOT / "Makefile").read_text(), flags=re.M)
 

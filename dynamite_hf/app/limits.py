@@ -83,7 +83,7 @@ class AppLimits:
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
         """One argument per limit, its default read from its environment variable, else the built-in default."""
-        group = parser.add_argument_group("limits (README 'Limits'; each also an environment variable)")
+        group = parser.add_argument_group("limits (docs/app.md 'Limits'; each also an environment variable)")
         for limit in fields(cls):
             variable = cls.variable(limit.name)
             group.add_argument(

@@ -9,7 +9,7 @@ head and the backbone stay float32.
   (about two thirds of a click).
 - `"image"`: the pixel decoder's FFNs, part of the per-image stage.
 
-The masks change a little (see the README's "int8" section for how much, measured); it is never the default.
+The masks change a little (docs/performance.md 'int8' measures how much); it is never the default.
 A quantized model is for inference on the CPU only and cannot be saved with `save_pretrained`: quantize after
 loading.
 """
