@@ -348,7 +348,10 @@ def test_a_second_ctrl_c_quits_at_once_except_under_torchrun(monkeypatch) -> Non
         ("from_pretrained", "runs/nowhere", "--from-pretrained runs/nowhere: no such file or folder"),
     ],
 )
-def test_arguments_are_checked_before_anything_is_built(flag, value, message) -> None:
+def test_arguments_are_checked_before_anything_is_built(flag, value, message, tmp_path, monkeypatch) -> None:
+    # In a project with a runs/ folder, runs/nowhere is a mistyped local path, not the Hub id owner "runs".
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
     arguments = DynamiteTrainingArguments(dataset=["data/x"], output_dir="runs/x", **{flag: value})
     with pytest.raises(ValueError, match=re.escape(message)):
         arguments.check()
@@ -393,6 +396,8 @@ def test_the_runs_inputs_are_checked_before_the_model_is_built(until_the_model, 
     def arguments(**values) -> DynamiteTrainingArguments:
         return DynamiteTrainingArguments(**{"dataset": [str(data)], "output_dir": str(tmp_path / "run"), **values})
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()  # so that runs/coco129 is a mistyped local path, not a Hub id
     with pytest.raises(TrainingSetupError, match="--dataset runs/coco129: no such folder"):
         until_the_model(arguments(dataset=["runs/coco129"]))
     with pytest.raises(TrainingSetupError, match="--resume-from-checkpoint latest: .* holds no step_N checkpoint"):
