@@ -20,11 +20,11 @@ import pytest
 from app_server import app_process, running_app
 from PIL import Image
 from pycocotools import mask as mask_utils
-from tiny import tiny_model
+from tiny import save_app_model, tiny_model
 
 import dynamite_hf.app.annotator
 import dynamite_hf.app.session
-from dynamite_hf import Click, DynamiteImageProcessor, DynamiteModel, DynamitePredictor
+from dynamite_hf import Click, DynamiteModel, DynamitePredictor
 from dynamite_hf.app.annotator import DynamiteApp
 from dynamite_hf.app.gradio_app import EXAMPLES, HERE
 from dynamite_hf.app.session import AnnotationSession, PredictorCache
@@ -38,11 +38,7 @@ CANVAS, STATUS, INSTANCES, DOWNLOADS, CLASS, IMAGES = range(6)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    # Every pixel goes to some instance unless a background click claims it.
-    tiny_model(num_static_bg_queries=0).save_pretrained(folder)
-    DynamiteImageProcessor.from_preset("mobilenet_v2").save_pretrained(folder)
-    return folder
+    return save_app_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,10 @@ import pytest
 from app_server import running_app
 from PIL import Image, ImageFile
 from test_app import STATUS, export_zip, upload, write_image
-from tiny import tiny_model
+from tiny import save_app_model, tiny_model
 
 import dynamite_hf.app.annotator
 import dynamite_hf.app.scheduler
-from dynamite_hf import DynamiteImageProcessor
 from dynamite_hf.app.annotator import DynamiteApp
 from dynamite_hf.app.limits import AppLimits
 from dynamite_hf.app.scheduler import INTERACTIVE_MAX_INSTANCES, ComputeLanes, UsageLedger
@@ -48,10 +47,7 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    tiny_model(num_static_bg_queries=0).save_pretrained(folder)
-    DynamiteImageProcessor.from_preset("mobilenet_v2").save_pretrained(folder)
-    return folder
+    return save_app_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

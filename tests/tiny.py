@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-from dynamite_hf import Click, DynamiteConfig, DynamiteModel
+from dynamite_hf import Click, DynamiteConfig, DynamiteImageProcessor, DynamiteModel
 from dynamite_hf.clicks import clicks_to_inputs
 
 TINY_HEAD = {
@@ -39,6 +41,14 @@ def tiny_model(preset: str = "mobilenet_v2", attn_implementation: str | None = N
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     return DynamiteModel(config).eval()
+
+
+def save_app_model(folder: Path) -> Path:
+    """A model folder for the app's tests: the tiny model without static background queries (every pixel goes to some
+    instance unless a background click claims it) and the CPU preset's image processor."""
+    tiny_model(num_static_bg_queries=0).save_pretrained(folder)
+    DynamiteImageProcessor.from_preset("mobilenet_v2").save_pretrained(folder)
+    return folder
 
 
 def two_instance_clicks() -> list[Click]:
