@@ -109,6 +109,18 @@ def _corner_rows_and_weights(
     return indices, weights
 
 
+def _plus_position(rows: Tensor, position_y: Tensor, position_x: Tensor) -> Tensor:
+    """`rows` `(batch, block_height * width, dim)`, whole rows of the stride-4 map, plus their sine encoding: per
+    pixel `[position_y[row], position_x[column]]` (`(block_height, dim / 2)` and `(width, dim / 2)`)."""
+    batch, pixels, dim = rows.shape
+    block_height, half = position_y.shape
+    grid = rows.view(batch, block_height, -1, dim)
+    output = torch.empty_like(grid)
+    torch.add(grid[..., :half], position_y[:, None], out=output[..., :half])
+    torch.add(grid[..., half:], position_x, out=output[..., half:])
+    return output.view(batch, pixels, dim)
+
+
 @dataclass
 class CpuImageEmbeddings(DynamiteImageEmbeddings):
     """`DynamiteImageEmbeddings` plus what no click changes, computed once per image by `CpuClickDecoder`.
@@ -165,7 +177,7 @@ class CpuClickDecoder:
     Args:
         model: a float32 `DynamiteModel` on the CPU (possibly with int8 FFN layers, `dynamite_hf.inference.int8`).
         use_onednn: run float32 products through oneDNN's fused linears where this torch has them.
-        block_rows: stride-4 pixels per block of the decoder.
+        block_rows: stride-4 pixels per block of the decoder, at most (blocks hold whole rows of the map; at least one).
     """
 
     def __init__(self, model: DynamiteModel, use_onednn: bool = True, block_rows: int = 4096) -> None:
@@ -312,7 +324,8 @@ class CpuClickDecoder:
         batch, dim, height, width = mask_features.shape
         features = mask_features.view(batch, dim, height * width)
         embedding = transformer.mask_embed(transformer.layer_norm(hidden))
-        step = self.block_rows
+        block_height = max(1, self.block_rows // width)  # blocks of whole rows of the map (below)
+        step = block_height * width
         layers = list(transformer.decoder_layers)
         factors = [self._click_factors(layer, query_keys, hidden, step) for layer in layers]
         ffn_weights = [
@@ -326,19 +339,20 @@ class CpuClickDecoder:
         head_weights = [onednn_linear_weight(image, step) for image in embedding] if self.use_onednn else [None]
         if any(weight is None for weight in head_weights):
             head_weights = None
-        # The stride-4 sine encoding is [pos_y, pos_x]: a table per axis instead of the whole map.
-        position_y = sine_position_encoding(height, 1, dim // 2, mask_features.device)[0, : dim // 2, :, 0].t()
-        position_x = sine_position_encoding(1, width, dim // 2, mask_features.device)[0, dim // 2 :, 0, :].t()
+        # Blocks of whole rows of the stride-4 map: the sine encoding is [pos_y, pos_x], so a block's encoding is two
+        # tables broadcast (`_plus_position`), never a map of the block's own.
+        half = dim // 2
+        position_y = sine_position_encoding(height, 1, half, features.device)[0, :half, :, 0].t().to(features.dtype)
+        position_x = sine_position_encoding(1, width, half, features.device)[0, half:, 0, :].t().to(features.dtype)
         sums_low = features.new_full((), math.inf)
         sums_high = features.new_zeros(())
         logits = features.new_empty(batch, height * width, embedding.shape[1])
-        for start in range(0, height * width, step):
-            stop = min(start + step, height * width)
-            index = torch.arange(start, stop, device=features.device)
-            position = torch.cat((position_y[index // width], position_x[index % width]), 1).to(features.dtype)
+        for top in range(0, height, block_height):
+            bottom = min(top + block_height, height)
+            start, stop = top * width, bottom * width
             rows = features[:, :, start:stop].transpose(1, 2).contiguous()
             for layer, layer_factors, weights in zip(layers, factors, ffn_weights, strict=True):
-                row_inputs = rows + position
+                row_inputs = _plus_position(rows, position_y[top:bottom], position_x)
                 attended = self._attend_rows(layer, rows, row_inputs, layer_factors, base2, (sums_low, sums_high))
                 rows = ffn_in_chunks(
                     layer.cross_attention.norm(attended),
