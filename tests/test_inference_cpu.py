@@ -53,6 +53,34 @@ def test_the_cpu_decoder_gives_the_plain_models_outputs(preset: str, use_onednn:
     assert torch.equal(later.pred_masks, fast.pred_masks)
 
 
+def test_a_change_of_the_weights_shows_at_the_next_click() -> None:
+    """The decoder FFNs' weights reordered for oneDNN are kept between clicks, never past a change of the model's
+    weights: in place (an optimizer step, `load_state_dict`) or a new tensor."""
+    model = tiny_model(decoder_layers=2)
+    original = copy.deepcopy(model.state_dict())
+    decoder = CpuClickDecoder(model, block_rows=37)
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    clicks = click_inputs()
+    ffn = model.interactive_transformer.decoder_layers[0].ffn
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return decoder(pixel_values=pixel_values, **clicks).pred_masks, model(pixel_values, **clicks).pred_masks
+
+    first, _ = both()
+    with torch.no_grad():
+        ffn.linear1.weight.mul_(1.5)
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fast, first, rtol=1e-3, atol=1e-3)
+    ffn.linear2.weight = torch.nn.Parameter(-ffn.linear2.weight.detach())
+    fast, plain = both()
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    model.load_state_dict(original)
+    fast, _ = both()
+    torch.testing.assert_close(fast, first, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("instances", [2, 30])  # few keys (heads x queries < dim), and the standard attention
 def test_the_decoder_blocks_take_the_fast_products(instances: int) -> None:
     """With few keys each block takes its scores through oneDNN (one product per image, block and layer) and its

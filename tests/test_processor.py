@@ -11,6 +11,7 @@ from tiny import tiny_model
 from transformers import AutoImageProcessor, AutoProcessor
 
 from dynamite_hf import Click, DynamiteImageProcessor, DynamitePredictor, DynamiteProcessor, load_image
+from dynamite_hf.models.dynamite.image_processing_dynamite import _sums_per_label
 
 
 @pytest.mark.parametrize(
@@ -207,3 +208,14 @@ def test_scores_are_each_instances_mean_probability_over_its_mask() -> None:
         instance_logits[k].sigmoid()[masks[k]].mean() if masks[k].any() else torch.tensor(0.0) for k in range(3)
     ]
     torch.testing.assert_close(result["scores"], torch.stack(expected))
+
+
+@pytest.mark.parametrize("length", [0, 5, 8, 1003])
+def test_sums_per_label_are_bincounts(length: int) -> None:
+    """The scores' per-instance sums (interleaved accumulators, a tail shorter than the lanes summed apart) are
+    `torch.bincount`'s, also for runs of one label as a label map has them."""
+    generator = torch.Generator().manual_seed(length)
+    labels = torch.randint(0, 4, (length,), generator=generator, dtype=torch.int32).sort().values
+    weights = torch.rand(length, generator=generator)
+    expected = torch.bincount(labels, weights=weights.double(), minlength=5).double()  # (int64 when empty)
+    torch.testing.assert_close(_sums_per_label(labels, weights, 5), expected, rtol=1e-12, atol=1e-12)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.dynamite.interactive_transformer import DynamiteDecoderLayer
 from ..models.dynamite.modeling_dynamite import (
@@ -170,9 +170,28 @@ class _ProjectedKeys:
     values: Tensor
 
 
+class _ReorderedWeights:
+    """Weights reordered for oneDNN (`onednn_ffn_weights`), kept between clicks while the weights they came from are
+    unchanged: the same storage (held here, so that no other tensor can take its place), offset and version
+    counter (which every in-place change, `load_state_dict` or an optimizer step, advances)."""
+
+    def __init__(self, weights: tuple[Tensor, ...], rows: int, reordered: tuple[Tensor, Tensor] | None) -> None:
+        self.stamps = [(weight.untyped_storage(), weight.storage_offset(), weight._version) for weight in weights]
+        self.rows = rows
+        self.reordered = reordered
+
+    def matches(self, weights: tuple[Tensor, ...], rows: int) -> bool:
+        return rows == self.rows and all(
+            weight.untyped_storage().data_ptr() == storage.data_ptr()
+            and (weight.storage_offset(), weight._version) == (offset, version)
+            for weight, (storage, offset, version) in zip(weights, self.stamps, strict=True)
+        )
+
+
 class CpuClickDecoder:
     """A `DynamiteModel`'s inference, computed faster on a CPU (see the module docstring); its weights are the
-    model's own (nothing is copied, so a change of the model's weights shows at the next call).
+    model's own (nothing is copied, so a change of the model's weights shows at the next call; the decoder FFNs'
+    weights reordered for oneDNN are kept between clicks while the weights are unchanged).
 
     Args:
         model: a float32 `DynamiteModel` on the CPU (possibly with int8 FFN layers, `dynamite_hf.inference.int8`).
@@ -188,6 +207,7 @@ class CpuClickDecoder:
         self.model = model.eval()
         self.use_onednn = use_onednn
         self.block_rows = block_rows
+        self._reordered_ffn: dict[int, _ReorderedWeights] = {}
 
     @property
     def config(self):
@@ -240,8 +260,12 @@ class CpuClickDecoder:
             F.interpolate(embeddings.mask_features, size=feature.shape[-2:], mode="bilinear", align_corners=False)
             for feature in embeddings.multi_scale_features
         )
+        # The mask features stored as rows `(batch, h * w, dim)`, `mask_features` a view of them: the decoder copies
+        # blocks of pixel rows on every click, a plain copy then instead of a transposing one.
+        batch, dim, height, width = embeddings.mask_features.shape
+        pixel_rows = embeddings.mask_features.flatten(2).transpose(1, 2).contiguous()
         return CpuImageEmbeddings(
-            mask_features=embeddings.mask_features,
+            mask_features=pixel_rows.transpose(1, 2).view(batch, dim, height, width),
             multi_scale_features=tuple(embeddings.multi_scale_features),
             encoder_keys=tuple(keys),
             encoder_values=tuple(values),
@@ -322,17 +346,15 @@ class CpuClickDecoder:
         transformer = self.model.interactive_transformer
         mask_features = embeddings.mask_features
         batch, dim, height, width = mask_features.shape
-        features = mask_features.view(batch, dim, height * width)
+        pixels = mask_features.flatten(2).transpose(1, 2)  # (batch, h * w, dim), contiguous as `prepare` stores it
         embedding = transformer.mask_embed(transformer.layer_norm(hidden))
         block_height = max(1, self.block_rows // width)  # blocks of whole rows of the map (below)
         step = block_height * width
         layers = list(transformer.decoder_layers)
         factors = [self._click_factors(layer, query_keys, hidden, step) for layer in layers]
         ffn_weights = [
-            onednn_ffn_weights(layer.ffn.linear1, layer.ffn.linear2, batch * step)
-            if self.use_onednn and features.dtype == torch.float32
-            else None
-            for layer in layers
+            self._ffn_weights(index, layer, batch * step) if self.use_onednn and pixels.dtype == torch.float32 else None
+            for index, layer in enumerate(layers)
         ]
         # The mask head through oneDNN too: its few output columns (the queries) run 1.2-3.6x faster there than in
         # `bmm` (4,096 x 256 rows times 256 x 12-20).
@@ -342,15 +364,15 @@ class CpuClickDecoder:
         # Blocks of whole rows of the stride-4 map: the sine encoding is [pos_y, pos_x], so a block's encoding is two
         # tables broadcast (`_plus_position`), never a map of the block's own.
         half = dim // 2
-        position_y = sine_position_encoding(height, 1, half, features.device)[0, :half, :, 0].t().to(features.dtype)
-        position_x = sine_position_encoding(1, width, half, features.device)[0, half:, 0, :].t().to(features.dtype)
-        sums_low = features.new_full((), math.inf)
-        sums_high = features.new_zeros(())
-        logits = features.new_empty(batch, height * width, embedding.shape[1])
+        position_y = sine_position_encoding(height, 1, half, pixels.device)[0, :half, :, 0].t().to(pixels.dtype)
+        position_x = sine_position_encoding(1, width, half, pixels.device)[0, half:, 0, :].t().to(pixels.dtype)
+        sums_low = pixels.new_full((), math.inf)
+        sums_high = pixels.new_zeros(())
+        logits = pixels.new_empty(batch, height * width, embedding.shape[1])
         for top in range(0, height, block_height):
             bottom = min(top + block_height, height)
             start, stop = top * width, bottom * width
-            rows = features[:, :, start:stop].transpose(1, 2).contiguous()
+            rows = pixels[:, start:stop].clone(memory_format=torch.contiguous_format)  # the layers write into it
             for layer, layer_factors, weights in zip(layers, factors, ffn_weights, strict=True):
                 row_inputs = _plus_position(rows, position_y[top:bottom], position_x)
                 attended = self._attend_rows(layer, rows, row_inputs, layer_factors, base2, (sums_low, sums_high))
@@ -372,6 +394,19 @@ class CpuClickDecoder:
                 )
         exact = not base2 or bool((sums_low >= 2.0**-100) & (sums_high < math.inf))
         return logits.transpose(1, 2).reshape(batch, -1, height, width), exact
+
+    def _ffn_weights(self, index: int, layer: DynamiteDecoderLayer, rows: int) -> tuple[Tensor, Tensor] | None:
+        """`onednn_ffn_weights` of decoder layer `index`'s FFN for products of `rows` rows, reordered again only
+        when its weights changed (a reorder costs about as much as a block's product)."""
+        linears = (layer.ffn.linear1, layer.ffn.linear2)
+        if not all(type(linear) is nn.Linear for linear in linears):  # int8 layers (`int8.py`) keep their own
+            return None
+        weights = tuple(linear.weight for linear in linears)
+        kept = self._reordered_ffn.get(index)
+        if kept is None or not kept.matches(weights, rows):
+            kept = _ReorderedWeights(weights, rows, onednn_ffn_weights(layer.ffn.linear1, layer.ffn.linear2, rows))
+            self._reordered_ffn[index] = kept
+        return kept.reordered
 
     def _click_factors(
         self, layer: DynamiteDecoderLayer, query_keys: Tensor, query_values: Tensor, rows: int

@@ -33,8 +33,8 @@ def onednn_linear_weight(weight: Tensor, rows: int) -> Tensor | None:
     `rows` rows (`torch.ops.mkldnn._linear_pointwise`, the kernel behind inductor's CPU linears), or None where
     oneDNN does not apply: not a float32 CPU tensor, oneDNN disabled with `torch.backends.mkldnn.flags(enabled=False)`,
     or this torch lacks the kernels. Reordering costs about as much as a small product (0.4 ms for a 256 x 2048 weight):
-    callers that multiply many blocks by one weight (the decoder, once per click) reorder once, and nothing is
-    cached that a later change of the weight could leave stale."""
+    callers that multiply many blocks by one weight reorder once (the CPU click decoder keeps its FFNs' reordered
+    weights between clicks, checked against the weights' storage and version counter)."""
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return None
     if not torch.backends.mkldnn.enabled or not _onednn_available():

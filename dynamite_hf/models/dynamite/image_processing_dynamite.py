@@ -136,6 +136,20 @@ def _label_and_best(instance_scores: Tensor, background_score: Tensor | None) ->
     return label_map, best_value
 
 
+def _sums_per_label(labels: Tensor, weights: Tensor, num_labels: int, lanes: int = 8) -> Tensor:
+    """`torch.bincount(labels, weights.double(), minlength=num_labels)` (labels below `num_labels`), summed in
+    `lanes` interleaved accumulators per label: a label map's long runs of one label otherwise make every addition
+    wait for the previous one (about 3x slower)."""
+    whole = labels.numel() // lanes * lanes
+    offsets = torch.arange(lanes, dtype=labels.dtype, device=labels.device) * num_labels
+    spread = (labels[:whole].view(-1, lanes) + offsets).view(-1)
+    sums = torch.bincount(spread, weights=weights[:whole].double(), minlength=lanes * num_labels)
+    sums = sums.view(lanes, num_labels).sum(0, dtype=torch.float64)  # (an empty input's bincount is int64)
+    if whole < labels.numel():
+        sums += torch.bincount(labels[whole:], weights=weights[whole:].double(), minlength=num_labels)
+    return sums
+
+
 def resize_logits(
     logits: Tensor, padded_size: tuple[int, int], image_size: tuple[int, int], output_size: tuple[int, int]
 ) -> Tensor:
@@ -169,7 +183,12 @@ def _resized_fused_logits(
     filled = set()
     for start in range(0, len(queries), per_call):
         part = queries[start : start + per_call]
-        resized = resize_logits(query_logits[[query for _, query in part]], padded_size, image_size, output_size)
+        indices = [query for _, query in part]
+        if indices == list(range(indices[0], indices[0] + len(indices))):  # the model orders queries by instance
+            chosen = query_logits[indices[0] : indices[0] + len(indices)]
+        else:
+            chosen = query_logits[indices]
+        resized = resize_logits(chosen, padded_size, image_size, output_size)
         for (index, _), logits in zip(part, resized, strict=True):
             if index in filled:
                 torch.maximum(output[index], logits, out=output[index])
@@ -421,7 +440,7 @@ class DynamiteImageProcessor(BaseImageProcessor):
             # `own` is each pixel's probability of its own instance (where it has one); summed per instance over its
             # mask.
             flat_labels = label_map.flatten()
-            sums = torch.bincount(flat_labels, weights=own.flatten().double(), minlength=num_instances + 1)
+            sums = _sums_per_label(flat_labels, own.flatten(), num_instances + 1)
             areas = torch.bincount(flat_labels, minlength=num_instances + 1)
             scores = sums[1:] / areas[1:].clamp(min=1)
             instances = torch.arange(1, num_instances + 1, dtype=label_map.dtype, device=label_map.device)
