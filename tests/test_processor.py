@@ -219,3 +219,11 @@ def test_sums_per_label_are_bincounts(length: int) -> None:
     weights = torch.rand(length, generator=generator)
     expected = torch.bincount(labels, weights=weights.double(), minlength=5).double()  # (int64 when empty)
     torch.testing.assert_close(_sums_per_label(labels, weights, 5), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_post_processing_refuses_an_instance_without_a_query() -> None:
+    """Instances are 1..N, each with a query; a gap is refused in words (its logits would otherwise be another
+    instance's)."""
+    pred_masks = torch.randn(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"query_labels\[0\]: instances 1..3 each need a query; instance\(s\) \[2\]"):
+        DynamiteImageProcessor().post_process_masks(pred_masks, torch.tensor([[1, 3, 0]]), [(32, 48)], [(32, 48)])

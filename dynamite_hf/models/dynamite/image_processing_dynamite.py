@@ -3,7 +3,8 @@ path from per-query logits to instance masks and a label map (`post_process_mask
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,24 +117,35 @@ def label_instances(
     `(height, width)` (or None): 0 where the background is strictly highest, else `k` for the highest instance `k`
     (1-based), the lower instance on ties. This is the original's argmax over `[instances..., background
     queries...]`, in which `torch.argmax` keeps the first index on ties."""
-    return _label_and_best(instance_scores, background_score)[0].to(dtype)
+    label_map, best = _label_and_best(instance_scores)
+    if background_score is not None:
+        _background_where_higher(label_map, best, background_score)
+    return label_map.to(dtype)
 
 
-def _label_and_best(instance_scores: Tensor, background_score: Tensor | None) -> tuple[Tensor, Tensor]:
-    """`label_instances`' map (int32) and each pixel's highest instance score (its own instance's, where the label
-    is an instance)."""
+def _label_and_best(instance_scores: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """`label_instances`' map without the background (int32), and each pixel's highest instance score (its own
+    instance's), of instances 1, 2, ... given one `(height, width)` map at a time."""
     # A running comparison (a reduction over a short leading axis is slow in torch); updating only on a strictly
     # greater value keeps the first index on ties. Instance k is the highest label so far, so `maximum(label, k *
     # better)` sets it where `better` (several times faster than `masked_fill_`).
-    best_value = instance_scores[0].clone()
-    label_map = torch.ones(best_value.shape, dtype=torch.int32, device=best_value.device)
-    for index in range(1, instance_scores.shape[0]):
-        better = instance_scores[index] > best_value
-        torch.maximum(best_value, instance_scores[index], out=best_value)
+    best_value = label_map = None
+    for index, scores in enumerate(instance_scores):
+        if best_value is None:
+            best_value = scores.clone()
+            label_map = torch.ones(best_value.shape, dtype=torch.int32, device=best_value.device)
+            continue
+        better = scores > best_value
+        torch.maximum(best_value, scores, out=best_value)
         torch.maximum(label_map, better * torch.tensor(index + 1, dtype=torch.int32), out=label_map)
-    if background_score is not None:
-        label_map.mul_((background_score > best_value).logical_not_())
+    if best_value is None:
+        raise ValueError("label_instances needs at least one instance")
     return label_map, best_value
+
+
+def _background_where_higher(label_map: Tensor, best_value: Tensor, background_score: Tensor) -> None:
+    """Label 0, in place, where the background's score is strictly above every instance's."""
+    label_map.mul_((background_score > best_value).logical_not_())
 
 
 def _sums_per_label(labels: Tensor, weights: Tensor, num_labels: int, lanes: int = 8) -> Tensor:
@@ -162,25 +174,24 @@ def resize_logits(
     return resized[0]
 
 
-def _resized_fused_logits(
+def _resized_fused_groups(
     query_logits: Tensor,
     query_labels: Tensor,
     num_instances: int,
     padded_size: tuple[int, int],
     image_size: tuple[int, int],
     output_size: tuple[int, int],
-) -> Tensor:
-    """`fuse_queries(resize_logits(query_logits, ...))` stacked `(num_instances [+ 1], *output_size)`, bit for bit,
-    resized a few queries at a time into a running max: at most about 2^20 pixels of full-size logits exist at once
-    (78 MB for 20 queries at 800 x 1216 otherwise). A few queries per `interpolate` call, not one: at small sizes
-    a single map's resize runs on one thread."""
+) -> Iterator[Tensor]:
+    """`fuse_queries(resize_logits(query_logits, ...))` one map at a time, bit for bit: instances 1..N, then the
+    background if any query is background, each `output_size`. A few queries go through each `interpolate` call
+    (at small sizes one map's resize runs on one thread), at most about 2^20 output pixels: the full-size logits of
+    every query never exist at once (78 MB for 20 queries at 800 x 1216)."""
     groups = [query_labels == k for k in range(1, num_instances + 1)]
     if bool((query_labels == 0).any()):
         groups.append(query_labels == 0)
     queries = [(index, query) for index, members in enumerate(groups) for query in members.nonzero()[:, 0].tolist()]
     per_call = max(1, 2**20 // (output_size[0] * output_size[1]))
-    output = query_logits.new_empty(len(groups), *output_size)
-    filled = set()
+    current, current_index = None, None
     for start in range(0, len(queries), per_call):
         part = queries[start : start + per_call]
         indices = [query for _, query in part]
@@ -188,14 +199,15 @@ def _resized_fused_logits(
             chosen = query_logits[indices[0] : indices[0] + len(indices)]
         else:
             chosen = query_logits[indices]
-        resized = resize_logits(chosen, padded_size, image_size, output_size)
-        for (index, _), logits in zip(part, resized, strict=True):
-            if index in filled:
-                torch.maximum(output[index], logits, out=output[index])
-            else:
-                output[index] = logits
-                filled.add(index)
-    return output
+        for (index, _), logits in zip(part, resize_logits(chosen, padded_size, image_size, output_size), strict=True):
+            if index == current_index:
+                torch.maximum(current, logits, out=current)
+                continue
+            if current is not None:
+                yield current
+            current, current_index = logits, index
+    if current is not None:
+        yield current
 
 
 class DynamiteImageProcessor(BaseImageProcessor):
@@ -416,6 +428,12 @@ class DynamiteImageProcessor(BaseImageProcessor):
         for index in range(batch):
             labels = query_labels[index]
             num_instances = int(labels.max())
+            missing = (torch.bincount(labels.clamp(min=0), minlength=num_instances + 1)[1:] == 0).nonzero()[:, 0]
+            if len(missing):
+                raise ValueError(
+                    f"query_labels[{index}]: instances 1..{num_instances} each need a query; instance(s) "
+                    f"{(missing + 1).tolist()} have none"
+                )
             image_size, output_size = reshaped_input_sizes[index], output_sizes[index]
             if refine_boundaries:
                 grouped = self._fused_at_model_resolution(
@@ -423,19 +441,24 @@ class DynamiteImageProcessor(BaseImageProcessor):
                 )
                 refiner = refiners[index]
                 probabilities = refiner(refiner.probabilities(grouped, num_instances), output_size, preview)
-                label_map, own = _label_and_best(probabilities, 1.0 - probabilities.sum(0))
+                label_map, own = _label_and_best(probabilities)
+                _background_where_higher(label_map, own, 1.0 - probabilities.sum(0))
             else:
                 if preview:
                     grouped = self._fused_at_model_resolution(
                         pred_masks[index], labels, num_instances, padded_size, image_size, False
                     )
                     grouped = F.interpolate(grouped[None], size=output_size, mode="bilinear", align_corners=False)[0]
+                    label_map, own = _label_and_best(grouped[:num_instances])
+                    background = grouped[num_instances] if grouped.shape[0] > num_instances else None
                 else:
-                    grouped = _resized_fused_logits(
+                    groups = _resized_fused_groups(
                         pred_masks[index], labels, num_instances, padded_size, image_size, output_size
                     )
-                background = grouped[num_instances] if grouped.shape[0] > num_instances else None
-                label_map, own = _label_and_best(grouped[:num_instances], background)
+                    label_map, own = _label_and_best(itertools.islice(groups, num_instances))
+                    background = next(groups, None)
+                if background is not None:
+                    _background_where_higher(label_map, own, background)
                 own = own.sigmoid_()  # logits: only each pixel's own instance's is turned into a probability
             # `own` is each pixel's probability of its own instance (where it has one); summed per instance over its
             # mask.
