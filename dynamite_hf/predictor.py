@@ -378,5 +378,7 @@ class DynamitePredictor:
                 refine_boundaries=self.refine_boundaries,
                 refiners=[self._refiner] if self._refiner is not None else None,
                 preview=preview,
+                return_masks=False,
+                return_scores=False,
             )[0]
         return result["label_map"].to(torch.int32).cpu().numpy()

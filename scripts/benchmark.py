@@ -7,9 +7,9 @@
     python scripts/benchmark.py --presets resnet50 --backend eager   # the plain model instead of the CPU decoder
 
 Per preset: the median time of the per-image stage (backbone + pixel decoder, plus what the CPU click decoder
-caches per image) and of one click (interactive transformer + post-processing to the full input resolution) with
-2, 5 and 10
-instances (one click each, plus one background click), and the peak resident memory of those stages: up to the
+caches per image) and of one click (interactive transformer + post-processing to the label map at the full input
+resolution, as `DynamitePredictor` makes it per click) with 2, 5 and 10 instances (one click each, plus one
+background click), and the peak resident memory of those stages: up to the
 5-instance clicks (what the original's own driver measured: one image, clicks of 2 and 5 instances) and up to
 the 10-instance ones. Each preset runs in its own process so that its peak memory is its own.
 
@@ -188,8 +188,14 @@ def measure(
 
             def run(clicks=clicks):
                 output = runner(image_embeddings=features, **clicks)
-                result = processor.post_process_masks(
-                    output.pred_masks, output.query_labels, sizes, sizes, refine_boundaries=False
+                result = processor.post_process_masks(  # the label map, as the predictor makes it per click
+                    output.pred_masks,
+                    output.query_labels,
+                    sizes,
+                    sizes,
+                    refine_boundaries=False,
+                    return_masks=False,
+                    return_scores=False,
                 )
                 return result[0]["label_map"]
 

@@ -227,3 +227,21 @@ def test_post_processing_refuses_an_instance_without_a_query() -> None:
     pred_masks = torch.randn(1, 3, 8, 12, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"query_labels\[0\]: instances 1..3 each need a query; instance\(s\) \[2\]"):
         DynamiteImageProcessor().post_process_masks(pred_masks, torch.tensor([[1, 3, 0]]), [(32, 48)], [(32, 48)])
+
+
+def test_post_processing_can_leave_out_masks_and_scores() -> None:
+    """`return_masks=False` / `return_scores=False` (the predictor's per-click call) leave those keys out and give
+    the same label map."""
+    pred_masks = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(0)) * 3
+    query_labels = torch.tensor([[1, 2, 0, 0]])
+    processor = DynamiteImageProcessor()
+    full = processor.post_process_masks(pred_masks, query_labels, [(30, 45)], [(32, 48)])[0]
+    assert list(full) == ["masks", "label_map", "scores"]
+    for masks, scores in ((False, False), (True, False), (False, True)):
+        (result,) = processor.post_process_masks(
+            pred_masks, query_labels, [(30, 45)], [(32, 48)], return_masks=masks, return_scores=scores
+        )
+        assert ("masks" in result, "scores" in result) == (masks, scores)
+        assert torch.equal(result["label_map"], full["label_map"])
+        if scores:
+            assert torch.equal(result["scores"], full["scores"])

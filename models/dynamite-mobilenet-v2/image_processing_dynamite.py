@@ -377,6 +377,8 @@ class DynamiteImageProcessor(BaseImageProcessor):
         images: Sequence[ImageLike] | None = None,
         refiners: Sequence[BoundaryRefiner] | None = None,
         preview: bool = False,
+        return_masks: bool = True,
+        return_scores: bool = True,
     ) -> list[dict[str, Tensor]]:
         """Per-query logits -> each image's instance masks, scores and label map (spec section 1.5).
 
@@ -398,6 +400,8 @@ class DynamiteImageProcessor(BaseImageProcessor):
                 model's resolution (with refinement: at half of it) and only those are resized, not every query's.
                 Boundaries differ from the exact masks at a few pixels per million (with refinement: by about a
                 pixel of the model's resolution); export without it.
+            return_masks, return_scores: include `masks` / `scores` in the results (a click that only draws its
+                label map, as the predictor's, skips both).
 
         Returns:
             Per image a dict: `masks` `(N, H, W)` bool, non-overlapping; `label_map` `(H, W)` int64 (0 background,
@@ -459,16 +463,21 @@ class DynamiteImageProcessor(BaseImageProcessor):
                     background = next(groups, None)
                 if background is not None:
                     _background_where_higher(label_map, own, background)
-                own = own.sigmoid_()  # logits: only each pixel's own instance's is turned into a probability
-            # `own` is each pixel's probability of its own instance (where it has one); summed per instance over its
-            # mask.
-            flat_labels = label_map.flatten()
-            sums = _sums_per_label(flat_labels, own.flatten(), num_instances + 1)
-            areas = torch.bincount(flat_labels, minlength=num_instances + 1)
-            scores = sums[1:] / areas[1:].clamp(min=1)
-            instances = torch.arange(1, num_instances + 1, dtype=label_map.dtype, device=label_map.device)
-            masks = label_map[None] == instances[:, None, None]
-            results.append({"masks": masks, "label_map": label_map.long(), "scores": scores.float()})
+            result = {}
+            if return_masks:
+                instances = torch.arange(1, num_instances + 1, dtype=label_map.dtype, device=label_map.device)
+                result["masks"] = label_map[None] == instances[:, None, None]
+            result["label_map"] = label_map.long()
+            if return_scores:
+                # Each pixel's probability of its own instance (the refined probability, or the sigmoid of its
+                # logits), summed per instance over its mask.
+                if not refine_boundaries:
+                    own = own.sigmoid_()
+                flat_labels = label_map.flatten()
+                sums = _sums_per_label(flat_labels, own.flatten(), num_instances + 1)
+                areas = torch.bincount(flat_labels, minlength=num_instances + 1)
+                result["scores"] = (sums[1:] / areas[1:].clamp(min=1)).float()
+            results.append(result)
         return results
 
     @staticmethod
