@@ -81,6 +81,22 @@ def test_a_change_of_the_weights_shows_at_the_next_click() -> None:
     torch.testing.assert_close(fast, first, rtol=0, atol=0)
 
 
+def test_weights_made_in_inference_mode_are_reordered_every_click() -> None:
+    """Inference tensors have no version counter: weights loaded under `torch.inference_mode()` are not kept, so an
+    in-place change there still shows at the next click."""
+    with torch.inference_mode():
+        model = tiny_model(decoder_layers=2)
+    decoder = CpuClickDecoder(model, block_rows=37)
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        first = decoder(pixel_values=pixel_values, **click_inputs()).pred_masks
+        model.interactive_transformer.decoder_layers[0].ffn.linear1.weight.mul_(1.5)
+        fast = decoder(pixel_values=pixel_values, **click_inputs()).pred_masks
+        plain = model(pixel_values, **click_inputs()).pred_masks
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fast, first, rtol=1e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("instances", [2, 30])  # few keys (heads x queries < dim), and the standard attention
 def test_the_decoder_blocks_take_the_fast_products(instances: int) -> None:
     """With few keys each block takes its scores through oneDNN (one product per image, block and layer) and its

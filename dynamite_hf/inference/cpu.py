@@ -22,6 +22,7 @@ compare it with the plain model):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +108,15 @@ def _corner_rows_and_weights(
     indices = torch.stack(indices, -1).view(batch * num_queries * num_heads, -1).long()
     weights = torch.stack(weights, -1).view(batch * num_queries * num_heads, -1)
     return indices, weights
+
+
+def _as_pixel_rows(mask_features: Tensor) -> Tensor:
+    """`mask_features` `(batch, dim, h, w)` as a view of `(batch, h * w, dim)` rows in memory (a copy unless it is
+    one already): the decoder copies blocks of pixel rows on every click, a plain copy then instead of a
+    transposing one."""
+    batch, dim, height, width = mask_features.shape
+    rows = mask_features.flatten(2).transpose(1, 2).contiguous()
+    return rows.transpose(1, 2).view(batch, dim, height, width)
 
 
 def _plus_position(rows: Tensor, position_y: Tensor, position_x: Tensor) -> Tensor:
@@ -242,31 +252,44 @@ class CpuClickDecoder:
         mask_features, multi_scale_features = decoder.decode_levels(hidden, shapes, features)
         # The backbone's maps (117 MB for R50 at 800x1216) are not needed for what is cached next.
         del features, hidden
-        return self.prepare(DynamiteImageEmbeddings(mask_features, tuple(multi_scale_features)))
+        level_mask_features = self._level_mask_features(mask_features, multi_scale_features)
+        # Rebinding frees the decoder's own map before the encoder's keys and values are made: at most one extra
+        # map exists at a time.
+        mask_features = _as_pixel_rows(mask_features)
+        return self._with_click_independent(mask_features, tuple(multi_scale_features), level_mask_features)
 
     @torch.inference_mode()
     def prepare(self, embeddings: DynamiteImageEmbeddings) -> CpuImageEmbeddings:
         """The model's image embeddings plus the keys and values of every encoder layer's memory and the mask
         features at each level's size."""
+        level_mask_features = self._level_mask_features(embeddings.mask_features, embeddings.multi_scale_features)
+        return self._with_click_independent(
+            _as_pixel_rows(embeddings.mask_features), tuple(embeddings.multi_scale_features), level_mask_features
+        )
+
+    @staticmethod
+    def _level_mask_features(mask_features: Tensor, multi_scale_features: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """The mask features resized (bilinear) to each level's size, for the encoder's attention masks."""
+        return tuple(
+            F.interpolate(mask_features, size=feature.shape[-2:], mode="bilinear", align_corners=False)
+            for feature in multi_scale_features
+        )
+
+    def _with_click_independent(
+        self, mask_features: Tensor, multi_scale_features: tuple[Tensor, ...], level_mask_features: tuple[Tensor, ...]
+    ) -> CpuImageEmbeddings:
+        """The embeddings with the keys and values of every encoder layer's memory."""
         transformer = self.model.interactive_transformer
-        levels = transformer.levels(embeddings.multi_scale_features)
+        levels = transformer.levels(multi_scale_features)
         keys, values = [], []
         for index, layer in enumerate(transformer.encoder_layers):
             source, position = levels[index % transformer.num_levels]
             attention = layer.cross_attention.attention
             keys.append(attention.split_heads(attention.k_proj(source + position)))
             values.append(attention.split_heads(attention.v_proj(source)))
-        level_mask_features = tuple(
-            F.interpolate(embeddings.mask_features, size=feature.shape[-2:], mode="bilinear", align_corners=False)
-            for feature in embeddings.multi_scale_features
-        )
-        # The mask features stored as rows `(batch, h * w, dim)`, `mask_features` a view of them: the decoder copies
-        # blocks of pixel rows on every click, a plain copy then instead of a transposing one.
-        batch, dim, height, width = embeddings.mask_features.shape
-        pixel_rows = embeddings.mask_features.flatten(2).transpose(1, 2).contiguous()
         return CpuImageEmbeddings(
-            mask_features=pixel_rows.transpose(1, 2).view(batch, dim, height, width),
-            multi_scale_features=tuple(embeddings.multi_scale_features),
+            mask_features=mask_features,
+            multi_scale_features=multi_scale_features,
             encoder_keys=tuple(keys),
             encoder_values=tuple(values),
             level_mask_features=level_mask_features,
@@ -402,6 +425,8 @@ class CpuClickDecoder:
         if not all(type(linear) is nn.Linear for linear in linears):  # int8 layers (`int8.py`) keep their own
             return None
         weights = tuple(linear.weight for linear in linears)
+        if any(weight.is_inference() for weight in weights):  # no version counter to tell a change: not kept
+            return onednn_ffn_weights(*linears, rows)
         kept = self._reordered_ffn.get(index)
         if kept is None or not kept.matches(weights, rows):
             kept = _ReorderedWeights(weights, rows, onednn_ffn_weights(layer.ffn.linear1, layer.ffn.linear2, rows))
