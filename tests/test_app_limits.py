@@ -385,6 +385,44 @@ def test_the_lanes_return_free_memory_once_idle(monkeypatch) -> None:
     lanes.close()
 
 
+def test_a_lane_keeps_nothing_of_a_finished_computation() -> None:
+    """A lane's result (an image's predictor and features) is the caller's alone: dropped by the caller, it is
+    freed, not held by the lane's thread until its next job."""
+    import weakref
+
+    class Features:  # stands for the tens of MB a computation returns
+        pass
+
+    lanes = ComputeLanes()
+    for background in (True, False):
+        result = lanes.run("a", Features, background=background)
+        alive = weakref.ref(result)
+        del result
+        gc.collect()
+        assert alive() is None
+    lanes.close()
+
+
+def test_the_server_bounds_gradios_analytics_and_the_native_caches(monkeypatch) -> None:
+    """`build_demo` sets the server's environment unless the operator did: Gradio's per-event pandas summary
+    every 1,000 events over the last 1,000 (its default: after every event, over 10,000), oneDNN's and ideep's
+    primitive caches at 64 entries; the queue `launch` makes uses them."""
+    from dynamite_hf.app.gradio_app import SERVER_ENVIRONMENT, build_demo
+
+    for name in SERVER_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GRADIO_ANALYTICS_MAX_EVENTS", "500")  # the operator's own choice stays
+    demo = build_demo(DynamiteApp(tiny_model(), "tiny"))
+    assert os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] == "500"
+    assert {name: os.environ[name] for name in SERVER_ENVIRONMENT if name != "GRADIO_ANALYTICS_MAX_EVENTS"} == {
+        "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
+        "LRU_CACHE_CAPACITY": "64",
+    }
+    demo.queue()
+    assert (demo._queue.ANAYLTICS_CACHE_FREQUENCY, demo._queue.ANALYTICS_MAX_EVENTS) == (1000, 500)
+
+
 # -- bounded memory --------------------------------------------------------------------------------------------------
 def test_a_session_holds_a_bounded_history_and_only_small_things(tmp_path) -> None:
     app = DynamiteApp(tiny_model(), "tiny", limits=AppLimits(max_history_kb=4))

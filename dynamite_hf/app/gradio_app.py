@@ -159,8 +159,26 @@ def _status(messages: list[str]) -> str:
     return " ".join([*(m for m in messages[:-1] if m.startswith("⚠️")), messages[-1]])
 
 
+# A public demo runs for days. Set for the app's process unless the operator set them (read when the queue is made
+# and when the first oneDNN product runs):
+# - Gradio recomputes a pandas summary of its last 10,000 events after every event (for its monitoring page): tens
+#   of ms of CPU per event on a busy demo, at normal priority beside the clicks, and memory that stays. Every 1,000
+#   events over the last 1,000 keeps that page at a small fraction of the cost.
+# - oneDNN's primitive cache and ideep's (1,024 entries each by default) keep memory for every product shape; a
+#   click's shapes change with its number of queries, so a long-running app fills them (about 0.4 GB after ten
+#   minutes of the abuse benchmark). 64 entries hold far more than a click's working set.
+SERVER_ENVIRONMENT = {
+    "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000",
+    "GRADIO_ANALYTICS_MAX_EVENTS": "1000",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
+    "LRU_CACHE_CAPACITY": "64",
+}
+
+
 def build_demo(app: DynamiteApp) -> gr.Blocks:
     """The Gradio Blocks page over `app` (start it with `launch`, which adds the page script and style)."""
+    for name, value in SERVER_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
 
     def view(session, messages, before, files=None, look_sent=False, instances_sent=False):
         """The outputs after an action (`before`: `_snapshot` from before it, None to send everything;

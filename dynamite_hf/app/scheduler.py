@@ -137,6 +137,9 @@ class ComputeLane:
                 end = time.monotonic()
                 self.ledger.charge(job.owner, end - start)
                 self.busy_until = end
+                # Not held until the next job: its result (an image's predictor and features, tens of MB) is the
+                # caller's alone.
+                del job
 
 
 class ComputeLanes:
