@@ -489,3 +489,23 @@ def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_p
     app.remember("back", back)  # it acts again; any request sweeps the sessions whose grace is over
     assert not gone.folder.exists() and back.folder.is_dir()
     assert "ready" in app.show_image(back, 0)
+
+
+def test_a_page_load_copies_nothing_of_the_model(monkeypatch) -> None:
+    """Gradio deep-copies the page's config for every page load (`GET /config`): nothing in it may lead to the app's
+    model (a bound method of the app as the session state's callback did: every weight copied per page load, at
+    the clicks' priority)."""
+    import torch
+    from fastapi.testclient import TestClient
+    from gradio.routes import App
+
+    from dynamite_hf.app.gradio_app import build_demo
+
+    copies = []
+    original = torch.nn.Parameter.__deepcopy__
+    monkeypatch.setattr(torch.nn.Parameter, "__deepcopy__", lambda self, memo: copies.append(1) or original(self, memo))
+    demo = build_demo(DynamiteApp(tiny_model(), "tiny"))
+    with TestClient(App.create_app(demo)) as client:
+        response = client.get("/config")
+    assert response.status_code == 200 and response.json()["components"]
+    assert copies == []

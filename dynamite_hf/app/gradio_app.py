@@ -279,10 +279,16 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
     def on_unload(request: gr.Request) -> None:
         app.release(request.session_hash)
 
+    def end_session(session: AnnotationSession) -> None:
+        # A function, not the bound method `app.end_session`: Gradio keeps the callback in the page's config and
+        # deep-copies that config for every page load (`GET /config`), and a bound method is copied with its
+        # object (here the app and its model).
+        app.end_session(session)
+
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation", delete_cache=GRADIO_DELETE_CACHE) as demo:
         state = gr.State(
             AnnotationSession(),
-            delete_callback=app.end_session,
+            delete_callback=end_session,
             time_to_live=app.limits.session_idle_minutes * 60,
         )
         gr.Markdown(
