@@ -314,8 +314,34 @@ def test_a_click_runs_while_a_heavy_computation_holds_the_background_lane() -> N
     if sys.platform.startswith("linux"):
         assert lanes.background.lowered_priority
         assert os.getpriority(os.PRIO_PROCESS, lanes.background.thread.native_id) == 19
+        assert os.sched_getscheduler(lanes.background.thread.native_id) == os.SCHED_IDLE
         assert os.getpriority(os.PRIO_PROCESS, lanes.interactive.thread.native_id) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.sched_getscheduler(lanes.interactive.thread.native_id) == os.sched_getscheduler(0)
     lanes.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are per thread on Linux only")
+def test_only_the_background_lanes_own_threads_get_its_priority() -> None:
+    """OpenCV's workers, which draw every overlay, keep a normal priority although the background lane's work was
+    the first to use OpenCV in the process (as an upload's decoding is in the app); the background lane's OpenMP team
+    gets the lane's priority. In a fresh interpreter: which thread makes a pool is decided once per process."""
+    script = (
+        "import os, cv2, numpy as np, torch\n"
+        "from dynamite_hf.app.scheduler import ComputeLanes\n"
+        "torch.set_num_threads(2)\n"
+        "def lowest():\n"
+        "    return {int(t) for t in os.listdir('/proc/self/task') if os.sched_getscheduler(int(t)) == os.SCHED_IDLE}\n"
+        "lanes = ComputeLanes()\n"
+        "image = np.zeros((3000, 4000, 3), np.uint8)\n"
+        "lanes.run('upload', lambda: cv2.resize(image, (1000, 750), interpolation=cv2.INTER_AREA), True)\n"
+        "assert lowest() == {lanes.background.thread.native_id}, lowest()\n"
+        "x = torch.randn(512, 512)\n"
+        "lanes.run('features', lambda: x @ x, True)\n"
+        "print(len(lowest() - {lanes.background.thread.native_id}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1"]  # the team's second thread
 
 
 def test_the_least_used_session_goes_first_in_a_lane() -> None:

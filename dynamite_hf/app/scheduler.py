@@ -2,19 +2,20 @@
 
 - The interactive lane, at normal priority: a click's preview of an image whose features are cached, while that image
   holds at most `INTERACTIVE_MAX_INSTANCES` instances and `INTERACTIVE_MAX_CLICKS` clicks.
-- The background lane, at the lowest priority the OS gives a thread (nice 19, on Linux): everything else (decoding
-  uploads, image features, exact masks, exports, the stateless API, clicks on large annotations).
+- The background lane, at the lowest priority the OS gives a thread (Linux's `SCHED_IDLE`, else nice 19): everything
+  else (decoding uploads, image features, exact masks, exports, the stateless API, clicks on large annotations).
 
-The two lanes run at once, and the OS gives the interactive lane nearly all of the CPU whenever it has work (a nice-19
-thread gets about 1.5 % of a core beside a nice-0 one): a visitor's heavy requests use what the others' clicks leave,
-and no click waits for a heavy computation to finish. Within a lane, the waiting computation of the session that has
-used the lanes least (seconds, halved every `USAGE_HALF_LIFE_S`) goes first, so a session that floods a lane with
-requests is served after the others. When both lanes have been idle for `IDLE_TRIM_S`, the process returns its free
-heap pages to the OS (`release_free_memory`), so its memory falls back after a burst of work.
+The two lanes run at once, and the background lane runs only on CPU time no other thread wants: a visitor's heavy
+requests use what the others' clicks leave, and no click waits for a heavy computation to finish. Within a lane, the
+waiting computation of the session that has used the lanes least (seconds, halved every `USAGE_HALF_LIFE_S`) goes
+first, so a session that floods a lane with requests is served after the others. When both lanes have been idle for
+`IDLE_TRIM_S`, the process returns its free heap pages to the OS (`release_free_memory`), so its memory falls back
+after a burst of work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -23,6 +24,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+import cv2
+import numpy as np
 
 from ..inference.runtime import release_free_memory
 
@@ -148,6 +152,7 @@ class ComputeLanes:
     def __init__(self) -> None:
         self.ledger = UsageLedger()
         self._trimmed = True
+        start_shared_pools()
         self.interactive = ComputeLane("interactive", self.ledger, background=False)
         self.background = ComputeLane("background", self.ledger, background=True, on_idle=self._release_if_idle)
 
@@ -168,13 +173,30 @@ class ComputeLanes:
             release_free_memory()
 
 
+def start_shared_pools() -> None:
+    """Start OpenCV's worker threads from the calling thread, before the background lane can.
+
+    A thread inherits its creator's CPU priority, and OpenCV keeps one pool of workers for the whole process, made
+    by the first call that splits its work. Made by the background lane, the workers would have its lowest priority,
+    and every overlay drawn for a click would wait for them whenever the CPU is busy. (PyTorch's OpenMP teams are
+    per calling thread: the background lane's own team is meant to have its priority.)"""
+    cv2.resize(np.zeros((1024, 1024, 3), np.uint8), (512, 512), interpolation=cv2.INTER_AREA)
+
+
 def _lower_thread_priority() -> bool:
-    """Give the calling thread (and the threads it starts later, such as its OpenMP team) the lowest CPU priority.
-    Linux only: there a thread's nice value is its own."""
+    """Give the calling thread (and the threads it starts later, such as its OpenMP team) the lowest CPU priority:
+    Linux's `SCHED_IDLE` policy, else nice 19. Linux only: there a thread's policy and nice value are its own.
+
+    `SCHED_IDLE` rather than nice 19 alone: a nice-19 thread keeps its core for up to a time slice (milliseconds)
+    after a normal thread wakes up to run there, and a click wakes threads hundreds of times (its OpenMP team at every
+    parallel region, Gradio's threads); a `SCHED_IDLE` thread gives the core up at once, and the kernel counts a core
+    that runs only such threads as idle when it places a waking thread. Any process may move its own threads there."""
     if not sys.platform.startswith("linux") or not hasattr(os, "setpriority"):
         return False
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        return True
     except OSError:
         return False
+    with contextlib.suppress(AttributeError, OSError):  # nice 19 stays where the policy is unavailable
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return True
