@@ -12,11 +12,16 @@ import argparse
 import os
 import signal
 
-from dynamite_hf.app.annotator import DynamiteApp
-from dynamite_hf.app.gradio_app import build_demo, launch, load_app_model
-from dynamite_hf.app.limits import AppLimits
-from dynamite_hf.app.session import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS
 from dynamite_hf.inference.runtime import tune_cpu_allocator
+
+if __name__ == "__main__":
+    # Before the imports below start threads: glibc keeps a thread that has already allocated on the heap it had.
+    tune_cpu_allocator(single_arena=True)
+
+from dynamite_hf.app.annotator import DynamiteApp  # noqa: E402
+from dynamite_hf.app.gradio_app import build_demo, launch, load_app_model  # noqa: E402
+from dynamite_hf.app.limits import AppLimits  # noqa: E402
+from dynamite_hf.app.session import DEFAULT_MAX_CACHE_MB, DEFAULT_MAX_SESSIONS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     AppLimits.add_arguments(parser)
     args = parser.parse_args(argv)
     limits = AppLimits.from_arguments(args)
-    tune_cpu_allocator()
+    tune_cpu_allocator(single_arena=True)
     model, processor, label = load_app_model(args.model)
     if args.int8:
         from dynamite_hf.inference.int8 import quantize_int8

@@ -5,24 +5,33 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 
-def tune_cpu_allocator() -> bool:
+def tune_cpu_allocator(single_arena: bool = False) -> bool:
     """Keep large freed blocks in the heap instead of returning them to the OS (glibc only).
 
     A click allocates and frees many 60-MB temporaries at the demo's working size; glibc serves each from a
     fresh `mmap`, whose pages the kernel must fault in and zero every time. Disabling `mmap` for large blocks
     and never trimming the heap lets them be reused: about 20% off a click on a 2-core CPU, at the cost of the
-    process keeping its peak memory. Returns False where it does not apply (not Linux/glibc).
+    process keeping its peak memory until `release_free_memory`.
+
+    `single_arena`: every thread allocates from glibc's main heap (unless `MALLOC_ARENA_MAX` is set), for a
+    long-running server whose memory should fall back when it goes idle. glibc otherwise gives threads heaps of their
+    own, and `malloc_trim` cannot return the free top of those: each thread that once ran a large computation (a
+    server's worker threads take turns) keeps tens of MB for good. Returns False where it does not apply (not
+    Linux/glibc).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
+        m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+        if single_arena and "MALLOC_ARENA_MAX" not in os.environ:
+            libc.mallopt(m_arena_max, 1)
         return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
 
 
