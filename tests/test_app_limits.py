@@ -411,6 +411,23 @@ def test_the_lanes_return_free_memory_once_idle(monkeypatch) -> None:
     lanes.close()
 
 
+def test_a_closed_pages_features_go_back_to_the_os_although_no_computation_follows(tmp_path, monkeypatch) -> None:
+    """The features freed when a page closes are returned at the next idle check, not at the end of some later
+    computation: the lanes had already gone idle (and returned what was free then) before the page closed."""
+    trims = []
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "IDLE_TRIM_S", 0.2)
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "release_free_memory", lambda: trims.append(time.monotonic()))
+    app = DynamiteApp(tiny_model(), "tiny")
+    session = AnnotationSession()
+    app.remember("page", session)
+    app.add_images(session, [write_image(tmp_path, 0, size=(60, 80))])
+    time.sleep(1.0)
+    assert len(trims) == 1 and len(app.cache) == 1
+    app.release("page")
+    time.sleep(1.0)
+    assert len(app.cache) == 0 and len(trims) == 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_memory_that_worker_threads_used_goes_back_once_released() -> None:
     """After large computations in threads that ran at once (a server's worker threads), `release_free_memory` gives

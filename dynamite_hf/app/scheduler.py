@@ -165,6 +165,11 @@ class ComputeLanes:
         self.interactive.close()
         self.background.close()
 
+    def memory_freed(self) -> None:
+        """Memory was freed outside the lanes' computations (a closed session's image features): return it to the
+        OS at the next idle check too."""
+        self._trimmed = False
+
     def _release_if_idle(self) -> None:
         """Return the heap's free pages once both lanes have been idle for `IDLE_TRIM_S`."""
         idle_since = max(self.interactive.busy_until, self.background.busy_until)

@@ -326,5 +326,6 @@ class PredictorCache:
     def discard(self, keys: set[str]) -> None:
         """Drop the predictors of these images (a session that went away)."""
         with self._lock:
-            for key in keys:
-                self._images.pop(key, None)
+            dropped = [self._images.pop(key, None) for key in keys]
+        if any(entry is not None for entry in dropped):
+            self.lanes.memory_freed()
