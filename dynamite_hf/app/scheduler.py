@@ -152,7 +152,7 @@ class ComputeLanes:
     def __init__(self) -> None:
         self.ledger = UsageLedger()
         self._trimmed = True
-        start_shared_pools()
+        _start_shared_pools()
         self.interactive = ComputeLane("interactive", self.ledger, background=False)
         self.background = ComputeLane("background", self.ledger, background=True, on_idle=self._release_if_idle)
 
@@ -178,7 +178,7 @@ class ComputeLanes:
             release_free_memory()
 
 
-def start_shared_pools() -> None:
+def _start_shared_pools() -> None:
     """Start OpenCV's worker threads from the calling thread, before the background lane can.
 
     A thread inherits its creator's CPU priority, and OpenCV keeps one pool of workers for the whole process, made
