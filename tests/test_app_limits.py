@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from app_server import running_app
 from PIL import Image, ImageFile
 from test_app import STATUS, export_zip, upload, write_image
 from tiny import save_app_model, tiny_model
 
-import dynamite_hf.app.annotator
 import dynamite_hf.app.scheduler
 from dynamite_hf.app.annotator import DynamiteApp
 from dynamite_hf.app.limits import AppLimits
@@ -428,6 +428,42 @@ def test_a_closed_pages_features_go_back_to_the_os_although_no_computation_follo
     assert len(app.cache) == 0 and len(trims) == 2
 
 
+def test_objects_that_reference_each_other_are_collected_when_idle_after_a_session_ends(monkeypatch) -> None:
+    """An ended session's state and Gradio's copy of the page reference each other: Python frees them only at its
+    next collection of cyclic garbage, which an idle app may not run for hours. The lanes' idle check runs one when
+    told such objects were dropped, and only then (it holds the interpreter for about 0.2 s)."""
+    import weakref
+
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "IDLE_TRIM_S", 0.2)
+    monkeypatch.setattr(dynamite_hf.app.scheduler, "release_free_memory", lambda: None)
+
+    class State:  # stands for a session's state, which refers back to itself
+        pass
+
+    def dropped_cycle():
+        state = State()
+        state.itself = state
+        alive = weakref.ref(state)
+        del state
+        return alive
+
+    lanes = ComputeLanes()
+    gc.disable()  # no automatic collection meanwhile: the app's own allocations would trigger one at random
+    try:
+        lanes.run("a", lambda: None, background=False)
+        plain = dropped_cycle()
+        lanes.memory_freed()
+        time.sleep(1.0)
+        assert plain() is not None  # a trim alone collects nothing
+        session = dropped_cycle()
+        lanes.memory_freed(cycles=True)
+        time.sleep(1.0)
+        assert session() is None and plain() is None
+    finally:
+        gc.enable()
+        lanes.close()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_memory_that_worker_threads_used_goes_back_once_released() -> None:
     """After large computations in threads that ran at once (a server's worker threads), `release_free_memory` gives
@@ -461,6 +497,37 @@ def test_memory_that_worker_threads_used_goes_back_once_released() -> None:
     assert float(result.stdout) < 10
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="PyTorch built without MKL")
+def test_the_work_buffers_of_matrix_products_go_back_once_released() -> None:
+    """MKL keeps the work buffers of PyTorch's matrix products for reuse (about 3 MB per thread for the mask head's
+    product here); `release_free_memory` hands them back, so they do not stay in the heap while the app is idle.
+    glibc's count of bytes in use, in a fresh interpreter with one thread, its allocator tuned as the app's."""
+    script = (
+        "import ctypes, torch\n"
+        "from dynamite_hf.inference.runtime import release_free_memory, tune_cpu_allocator\n"
+        "tune_cpu_allocator(single_arena=True)  # as the app runs\n"
+        "class Info(ctypes.Structure):\n"
+        "    _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd',\n"
+        "                'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.mallinfo2.restype = Info\n"
+        "torch.set_num_threads(1)\n"
+        "embedding, features = torch.randn(1, 40, 128), torch.randn(1, 128, 300 * 400)\n"
+        "release_free_memory()\n"
+        "before = libc.mallinfo2().uordblks\n"
+        "logits = torch.bmm(embedding, features)\n"
+        "del logits\n"
+        "kept = libc.mallinfo2().uordblks - before\n"
+        "release_free_memory()\n"
+        "print(kept / 2**20, (libc.mallinfo2().uordblks - before) / 2**20)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept, after = (float(value) for value in result.stdout.split())
+    assert kept > 1 and after < 0.5, (kept, after)
+
+
 def test_a_lane_keeps_nothing_of_a_finished_computation() -> None:
     """A lane's result (an image's predictor and features) is the caller's alone: dropped by the caller, it is
     freed, not held by the lane's thread until its next job."""
@@ -482,7 +549,7 @@ def test_a_lane_keeps_nothing_of_a_finished_computation() -> None:
 def test_the_server_bounds_gradios_analytics_and_the_native_caches(monkeypatch) -> None:
     """`build_demo` sets the server's environment unless the operator did: Gradio's per-event pandas summary
     every 1,000 events over the last 1,000 (its default: after every event, over 10,000), oneDNN's and ideep's
-    primitive caches at 64 entries; the queue `launch` makes uses them."""
+    primitive caches at 32 entries; the queue `launch` makes uses them."""
     from dynamite_hf.app.gradio_app import SERVER_ENVIRONMENT, build_demo
 
     for name in SERVER_ENVIRONMENT:
@@ -492,8 +559,8 @@ def test_the_server_bounds_gradios_analytics_and_the_native_caches(monkeypatch) 
     assert os.environ["GRADIO_ANALYTICS_MAX_EVENTS"] == "500"
     assert {name: os.environ[name] for name in SERVER_ENVIRONMENT if name != "GRADIO_ANALYTICS_MAX_EVENTS"} == {
         "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000",
-        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
-        "LRU_CACHE_CAPACITY": "64",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32",
+        "LRU_CACHE_CAPACITY": "32",
     }
     demo.queue()
     assert (demo._queue.ANAYLTICS_CACHE_FREQUENCY, demo._queue.ANALYTICS_MAX_EVENTS) == (1000, 500)
@@ -549,11 +616,67 @@ def test_a_closed_page_frees_its_images_and_a_dropped_session_its_files(model_di
     assert not folder.exists()
 
 
-def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_path, monkeypatch) -> None:
+def test_a_closed_pages_session_ends_after_its_grace_period_without_another_request(model_dir, tmp_path) -> None:
+    """Once a closed page's grace period is over, its session ends although no request follows (the last visitor of
+    the day): its files go, and nothing keeps its state in memory, Gradio's bookkeeping of it included (Gradio keeps
+    that until 10,000 newer sessions push it out)."""
+    import weakref
+
+    from dynamite_hf.app.gradio_app import build_demo, launch
+    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
+
+    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny", limits=AppLimits(closed_session_seconds=1))
+    demo = build_demo(app)
+    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        upload(client, write_image(tmp_path, 0))
+        client.predict(10, 10, False, api_name="/click")
+        (session,) = app._sessions.values()
+        session_hash, folder, alive = session.session_hash, session.folder, weakref.ref(session)
+        assert session_hash in demo.state_holder.session_data and folder.is_dir()
+        del session
+        client.close()
+        deadline = time.monotonic() + 30
+        while (folder.exists() or session_hash in demo.state_holder.session_data) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not folder.exists()
+        assert session_hash not in demo.state_holder.session_data
+        gc.collect()
+        assert alive() is None
+    finally:
+        demo.close()
+
+
+def test_a_session_whose_state_expires_leaves_nothing_in_gradio(model_dir, tmp_path) -> None:
+    """A client that never closes its session: Gradio calls the state's delete callback once it has been idle for
+    `--session-idle-minutes`; the app ends the session and drops Gradio's bookkeeping of it too."""
+    import gradio as gr
+
+    from dynamite_hf.app.gradio_app import build_demo, launch
+    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
+
+    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny")
+    demo = build_demo(app)
+    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        upload(client, write_image(tmp_path, 0))
+        (session,) = app._sessions.values()
+        assert session.session_hash in demo.state_holder.session_data
+        (state,) = [block for block in demo.blocks.values() if isinstance(block, gr.State)]
+        state.delete_callback(session)  # what Gradio's expiry calls, on its event loop
+        assert session.session_hash not in demo.state_holder.session_data
+        assert not session.folder.exists()
+        client.close()
+    finally:
+        demo.close()
+
+
+def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_path) -> None:
     """Gradio keeps a closed session's state for an hour; its uploads go sooner (a visitor could otherwise fill the
     disk with sessions opened and closed), unless the page acts again (a dropped connection that came back)."""
-    monkeypatch.setattr(dynamite_hf.app.annotator, "RELEASE_GRACE_S", 0.3)
-    app = DynamiteApp(tiny_model(), "tiny")
+    app = DynamiteApp(tiny_model(), "tiny", limits=AppLimits(closed_session_seconds=1))
     gone, back = AnnotationSession(), AnnotationSession()
     for session_hash, session in (("gone", gone), ("back", back)):
         app.remember(session_hash, session)
@@ -561,8 +684,10 @@ def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_p
     app.release("gone")
     app.release("back")
     assert gone.folder.is_dir() and back.folder.is_dir()  # within the grace period
-    time.sleep(0.5)
-    app.remember("back", back)  # it acts again; any request sweeps the sessions whose grace is over
+    app.remember("back", back)  # it acts again
+    assert app.end_quiet_sessions() == [] and gone.folder.is_dir()  # nothing ends before the grace is over
+    time.sleep(1.2)
+    assert app.end_quiet_sessions() == ["gone"]
     assert not gone.folder.exists() and back.folder.is_dir()
     assert "ready" in app.show_image(back, 0)
 

@@ -44,8 +44,6 @@ from .uploads import UploadRefused, decode_upload
 # Export folders kept on disk (the newest ones): Gradio serves a copy from its own cache once the export
 # returns, so older folders are only disk space on a long-running server.
 MAX_EXPORTS_KEPT = 32
-# A closed page's session keeps its files this long, in case the page comes back (a dropped connection).
-RELEASE_GRACE_S = 300.0
 LOOK_RANGES = {"alpha": (0.0, 1.0), "radius": (0, 12)}  # the overlay's opacity and the click markers' radius (px)
 MAX_CLASS_NAME = 64
 
@@ -92,41 +90,49 @@ class DynamiteApp:
         self._remove_files = weakref.finalize(self, shutil.rmtree, self.work_root, ignore_errors=True)
         self._exports: deque[Path] = deque()
         self._exports_lock = threading.Lock()
-        self._released: list[tuple[float, AnnotationSession, int]] = []  # (when to end it, session, its actions)
+        # Closed pages' sessions: (when to end it, its session hash, the session, its actions then).
+        self._released: list[tuple[float, str, AnnotationSession, int]] = []
 
     def end_session(self, session: AnnotationSession) -> None:
         """Free what a session that went away held: its uploads on disk and its images' cached features. (Gradio
         calls this on its event loop: nothing here waits for the session's lock.)"""
         session.remove_files()
         self.cache.discard({image.key for image in session.images})
+        self.lanes.memory_freed(cycles=True)
 
     def remember(self, session_hash: str, session: AnnotationSession) -> None:
         """Note which session Gradio's `session_hash` names (for `release`), at each of its actions."""
         session.actions += 1
         if session_hash:
+            session.session_hash = session_hash
             self._sessions[session_hash] = session
-        self._end_quiet_sessions()
 
     def release(self, session_hash: str) -> None:
         """The page of `session_hash` closed: free the cached features, pixels and label maps of its images at once,
-        and its files `RELEASE_GRACE_S` later unless it acted again meanwhile (a connection that dropped and came
-        back: then whatever was freed is rebuilt). Gradio itself keeps a closed session's state for an hour, so its
-        uploads would otherwise fill the disk as fast as a visitor can upload."""
+        and the rest (`end_quiet_sessions`) `limits.closed_session_seconds` later unless it acted again meanwhile (a connection that
+        dropped and came back: then whatever was freed is rebuilt). Gradio itself would keep a closed session's state
+        for an hour, so its uploads would fill the disk as fast as a visitor can upload, and its bookkeeping of the
+        session until 10,000 newer sessions push it out."""
         session = self._sessions.pop(session_hash, None)
         if session is not None:
             self.cache.discard({image.key for image in session.images})
             with self._exports_lock:
-                self._released.append((time.monotonic() + RELEASE_GRACE_S, session, session.actions))
-        self._end_quiet_sessions()
+                due = time.monotonic() + self.limits.closed_session_seconds
+                self._released.append((due, session_hash, session, session.actions))
 
-    def _end_quiet_sessions(self) -> None:
+    def end_quiet_sessions(self) -> list[str]:
+        """End the closed pages' sessions whose grace period is over and that did not act again (`end_session`);
+        returns their session hashes, whose state the web framework may then drop."""
         now = time.monotonic()
         with self._exports_lock:
             due = [entry for entry in self._released if entry[0] <= now]
             self._released = [entry for entry in self._released if entry[0] > now]
-        for _, session, actions in due:
+        ended = []
+        for _, session_hash, session, actions in due:
             if session.actions == actions:
                 self.end_session(session)
+                ended.append(session_hash)
+        return ended
 
     # -- images -------------------------------------------------------------------------------------------
     def add_images(self, session: AnnotationSession, paths: Sequence[str | Path]) -> str:

@@ -9,11 +9,13 @@ label-map PNG and COCO JSON out). The page's own two events are callable but kep
 
 What protects a public server (`launch`): Gradio's `max_file_size` and queue size, the request guard (`guard.py`:
 request sizes, requests per session), per-event concurrency for the stateless call and exports, and sessions that
-free their memory when their page closes and are dropped after `session_idle_minutes` without an action.
+free their images' features when their page closes and end `closed_session_seconds` later, or after
+`session_idle_minutes` without an action, taking Gradio's state of them along.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -166,12 +168,13 @@ def _status(messages: list[str]) -> str:
 #   events over the last 1,000 keeps that page at a small fraction of the cost.
 # - oneDNN's primitive cache and ideep's (1,024 entries each by default) keep memory for every product shape; a
 #   click's shapes change with its number of queries, so a long-running app fills them (about 0.4 GB after ten
-#   minutes of the abuse benchmark). 64 entries hold far more than a click's working set.
+#   minutes of the abuse benchmark), up to about 1 MB per entry at the limits. A click uses about 12 entries (6 of
+#   them per number of queries), four sessions clicking at once about 30: 32 entries hold that.
 SERVER_ENVIRONMENT = {
     "GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000",
     "GRADIO_ANALYTICS_MAX_EVENTS": "1000",
-    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
-    "LRU_CACHE_CAPACITY": "64",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "32",
+    "LRU_CACHE_CAPACITY": "32",
 }
 
 
@@ -276,14 +279,27 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
 
-    def on_unload(request: gr.Request) -> None:
+    async def on_unload(request: gr.Request) -> None:
+        # On Gradio's event loop (a coroutine), which then ends the session once its grace period is over, whether
+        # or not any request comes meanwhile, and where Gradio reads and expires its sessions' state.
         app.release(request.session_hash)
+        asyncio.get_running_loop().call_later(app.limits.closed_session_seconds + 1.0, end_quiet_sessions)
+
+    def end_quiet_sessions() -> None:
+        for session_hash in app.end_quiet_sessions():
+            _forget_session(demo, session_hash)
+            app.lanes.memory_freed(cycles=True)
 
     def end_session(session: AnnotationSession) -> None:
+        """Gradio's callback for a session whose state expired (`--session-idle-minutes` without an action, an hour
+        after its page closed)."""
         # A function, not the bound method `app.end_session`: Gradio keeps the callback in the page's config and
         # deep-copies that config for every page load (`GET /config`), and a bound method is copied with its
         # object (here the app and its model).
         app.end_session(session)
+        if session.session_hash:
+            _forget_session(demo, session.session_hash)
+            app.lanes.memory_freed(cycles=True)
 
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation", delete_cache=GRADIO_DELETE_CACHE) as demo:
         state = gr.State(
@@ -448,6 +464,17 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         )
         demo.unload(on_unload)
     return demo
+
+
+def _forget_session(demo: gr.Blocks, session_hash: str) -> None:
+    """Drop Gradio's bookkeeping of a session the app has ended: Gradio keeps every session's copy of the page's
+    config (and its state) until 10,000 newer sessions push it out, hundreds of KB each with this page. On the event
+    loop, where Gradio reads and expires that bookkeeping."""
+    holder = getattr(demo, "state_holder", None)  # made when the server starts
+    if holder is not None:
+        with holder.lock:
+            holder.session_data.pop(session_hash, None)
+            holder.time_last_used.pop(session_hash, None)
 
 
 def _sequence(value: Any) -> int | None:

@@ -58,6 +58,11 @@ class AppLimits:
     session_idle_minutes: int = _limit(
         360, "minutes a session is kept after its last action", "for clients that never close their session"
     )
+    closed_session_seconds: int = _limit(
+        300,
+        "seconds a closed page's session is kept, should the page come back",
+        "a dropped connection comes back within seconds; until then the session holds its uploads and memory",
+    )
 
     def __post_init__(self) -> None:
         for limit in fields(self):

@@ -16,6 +16,7 @@ after a burst of work.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import threading
@@ -152,6 +153,7 @@ class ComputeLanes:
     def __init__(self) -> None:
         self.ledger = UsageLedger()
         self._trimmed = True
+        self._collect = False
         _start_shared_pools()
         self.interactive = ComputeLane("interactive", self.ledger, background=False)
         self.background = ComputeLane("background", self.ledger, background=True, on_idle=self._release_if_idle)
@@ -165,9 +167,12 @@ class ComputeLanes:
         self.interactive.close()
         self.background.close()
 
-    def memory_freed(self) -> None:
+    def memory_freed(self, cycles: bool = False) -> None:
         """Memory was freed outside the lanes' computations (a closed session's image features): return it to the
-        OS at the next idle check too."""
+        OS at the next idle check too. `cycles`: objects that reference each other were dropped (an ended session's
+        state, Gradio's copy of the page): Python frees them only when it next collects its cyclic garbage, which
+        that check then does first (a full collection holds the interpreter for about 0.2 s, so only then)."""
+        self._collect = self._collect or cycles
         self._trimmed = False
 
     def _release_if_idle(self) -> None:
@@ -175,6 +180,9 @@ class ComputeLanes:
         idle_since = max(self.interactive.busy_until, self.background.busy_until)
         if not self._trimmed and time.monotonic() - idle_since >= IDLE_TRIM_S:
             self._trimmed = True
+            if self._collect:
+                self._collect = False
+                gc.collect()
             release_free_memory()
 
 

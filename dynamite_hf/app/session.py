@@ -170,6 +170,7 @@ class AnnotationSession:
         self.look = Look()
         self.next_sequence = 1
         self.actions = 0  # requests seen (`DynamiteApp.remember`): whether a closed page came back
+        self.session_hash: str | None = None  # Gradio's name for the browser session, from its first request
         self.lock = threading.Condition()
 
     def __deepcopy__(self, memo: dict) -> AnnotationSession:
