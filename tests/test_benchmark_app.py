@@ -97,6 +97,7 @@ def test_the_abuse_benchmark_prints_its_figures(model_dir, capsys) -> None:
     arguments = ["--abuse", "--model", str(model_dir), "--size", "120x160", "--abuse-size", "300x400"]
     arguments += ["--minutes", "0.15", "--rounds", "1", "--settle-s", "2", "--sessions", "2"]
     arguments += ["--app-args", "--max-instances 6 --max-clicks 30 --max-upload-mb 1 --max-images 2"]
+    arguments[-1] += " --closed-session-seconds 3"
     benchmark_app.main(arguments)
     printed = capsys.readouterr().out
     assert "abuse benchmark: 2 normal sessions on a 160x120 photo" in printed
@@ -113,11 +114,12 @@ def test_the_abuse_benchmark_prints_its_figures(model_dir, capsys) -> None:
     for loop in ("clicks", "uploads", "segment"):
         assert re.search(rf"abuser {loop}: [1-9]\d* requests answered", printed), printed
     assert "limits read from the app: 6 instances, 30 clicks per image" in printed
-    idle, peak, high_water, after = (
+    idle, peak, high_water, after, after_grace = (
         float(v)
         for v in re.search(
-            r"idle before (\d+) MB, peak (\d+) MB \(high-water mark (\d+) MB\), 2 s after the sessions ended (\d+) MB",
+            r"idle before (\d+) MB after a first visitor's 25 clicks \(\d+ MB after the first click\), peak (\d+) MB \(high-water mark (\d+) MB\), 2 s after the sessions ended (\d+) MB, "
+            r"2 s after the app ended them \(3 s after their pages closed\) (\d+) MB",
             printed,
         ).groups()
     )
-    assert 0 < idle <= peak <= high_water + 1 and 0 < after <= high_water
+    assert 0 < idle <= peak <= high_water + 1 and 0 < after <= high_water and 0 < after_grace <= high_water
