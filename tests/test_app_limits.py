@@ -648,6 +648,40 @@ def test_a_closed_pages_session_ends_after_its_grace_period_without_another_requ
         demo.close()
 
 
+def test_sessions_that_only_made_stateless_calls_leave_nothing_in_gradio(model_dir, tmp_path) -> None:
+    """Gradio keeps what it made for every session (about 100 KB with this page) until 10,000 newer sessions push it
+    out, and never expires a session that holds no state: a script making each `/segment` call with a new client
+    would grow the server by that much per call. Such a session is dropped once it has been quiet for
+    `--closed-session-seconds`; a page's session that also called it keeps its state."""
+    from dynamite_hf.app.gradio_app import build_demo, launch
+    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
+
+    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny", limits=AppLimits(closed_session_seconds=1))
+    demo = build_demo(app)
+    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    image = gradio_client.handle_file(str(write_image(tmp_path, 0)))
+    clicks = [{"row": 5, "col": 5, "instance": 0}]
+    try:
+        scripts = [gradio_client.Client(demo.local_url, verbose=False) for _ in range(3)]
+        for script in scripts:
+            script.predict(image, clicks, api_name="/segment")
+        page = gradio_client.Client(demo.local_url, verbose=False)
+        upload(page, write_image(tmp_path, 1))
+        page.predict(image, clicks, api_name="/segment")
+        hashes = [script.session_hash for script in scripts]
+        assert all(session_hash in demo.state_holder.session_data for session_hash in hashes)
+        deadline = time.monotonic() + 30
+        while any(h in demo.state_holder.session_data for h in hashes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(session_hash in demo.state_holder.session_data for session_hash in hashes)
+        assert page.session_hash in demo.state_holder.session_data
+        assert page.predict(10, 10, False, api_name="/click")[STATUS].startswith("Click on instance 1")  # it goes on
+        for client in (*scripts, page):
+            client.close()
+    finally:
+        demo.close()
+
+
 def test_a_session_whose_state_expires_leaves_nothing_in_gradio(model_dir, tmp_path) -> None:
     """A client that never closes its session: Gradio calls the state's delete callback once it has been idle for
     `--session-idle-minutes`; the app ends the session and drops Gradio's bookkeeping of it too."""

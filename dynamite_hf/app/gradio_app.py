@@ -16,11 +16,14 @@ free their images' features when their page closes and end `closed_session_secon
 from __future__ import annotations
 
 import asyncio
+import datetime
+import functools
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import gradio as gr
 from starlette.middleware import Middleware
 
@@ -270,14 +273,36 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
             files, message = app.export(session)
             return files or None, message
 
-    def on_segment(request: gr.Request, image: str | None, clicks: Any):
-        """The stateless call: refusals are Gradio errors (`gradio_client` raises them as `AppError`)."""
-        if not image:
-            raise gr.Error("image: give an image file (gradio_client: handle_file(path))", print_exception=False)
+    async def on_segment(request: gr.Request, image: str | None, clicks: Any):
+        """The stateless call: refusals are Gradio errors (`gradio_client` raises them as `AppError`). A coroutine:
+        the work runs in a thread, and Gradio's event loop then schedules `forget_if_stateless`."""
+        session_hash = request.session_hash
         try:
-            return app.segment(image, clicks, owner=request.session_hash, name=Path(image).name)
+            if not image:
+                raise gr.Error("image: give an image file (gradio_client: handle_file(path))", print_exception=False)
+            segment = functools.partial(app.segment, image, clicks, owner=session_hash, name=Path(image).name)
+            return await anyio.to_thread.run_sync(segment)
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        finally:
+            if session_hash:
+                grace = app.limits.closed_session_seconds
+                asyncio.get_running_loop().call_later(grace + 1.0, forget_if_stateless, session_hash, grace)
+
+    def forget_if_stateless(session_hash: str, grace: float) -> None:
+        """Gradio keeps what it made for a session (about 100 KB here) until 10,000 newer sessions push it out, and
+        never expires one that holds no state: a script that makes each stateless call with a new session (a new
+        `gradio_client.Client`) would grow the server by that much per call. Dropped once the session has been
+        quiet for `grace` seconds, unless it holds a page's state (which ends as the page's session does)."""
+        holder = demo.state_holder
+        state = holder.session_data.get(session_hash)
+        last_used = holder.time_last_used.get(session_hash)
+        if state is None or state.state_data:
+            return
+        if last_used is not None and (datetime.datetime.now() - last_used).total_seconds() < grace:
+            return  # used again since: that call's own timer follows
+        _forget_session(demo, session_hash)
+        app.lanes.memory_freed(cycles=True)
 
     async def on_unload(request: gr.Request) -> None:
         # On Gradio's event loop (a coroutine), which then ends the session once its grace period is over, whether
