@@ -5,6 +5,7 @@ lanes that keep heavy requests from starving clicks, and memory that stays bound
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -43,6 +44,29 @@ LIMITS = {
     "--max-pending": 2,
     "--max-requests-per-second": 20,
 }
+
+
+@contextlib.contextmanager
+def served_demo(model_dir: Path, limits: AppLimits | None = None):
+    """The app over the tiny model, its page served on a free local port: `(app, demo)`, closed afterwards."""
+    from dynamite_hf.app.gradio_app import build_demo, launch
+    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
+
+    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny", limits=limits)
+    demo = build_demo(app)
+    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, demo
+    finally:
+        demo.close()
+
+
+def fresh_interpreter(script: str, environment: dict[str, str] | None = None) -> str:
+    """The standard output of `script` run by a new Python interpreter (process-wide state of its own: the allocator,
+    thread priorities, native libraries' pools)."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -339,9 +363,7 @@ def test_only_the_background_lanes_own_threads_get_its_priority() -> None:
         "lanes.run('features', lambda: x @ x, True)\n"
         "print(len(lowest() - {lanes.background.thread.native_id}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["1"]  # the team's second thread
+    assert fresh_interpreter(script).split() == ["1"]  # the team's second thread
 
 
 def test_the_least_used_session_goes_first_in_a_lane() -> None:
@@ -492,9 +514,7 @@ def test_memory_that_worker_threads_used_goes_back_once_released() -> None:
         "print(resident_mb() - before)\n"
     )
     environment = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout) < 10
+    assert float(fresh_interpreter(script, environment)) < 10
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
@@ -522,9 +542,7 @@ def test_the_work_buffers_of_matrix_products_go_back_once_released() -> None:
         "release_free_memory()\n"
         "print(kept / 2**20, (libc.mallinfo2().uordblks - before) / 2**20)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    kept, after = (float(value) for value in result.stdout.split())
+    kept, after = (float(value) for value in fresh_interpreter(script).split())
     assert kept > 1 and after < 0.5, (kept, after)
 
 
@@ -586,13 +604,7 @@ def test_a_session_holds_a_bounded_history_and_only_small_things(tmp_path) -> No
 def test_a_closed_page_frees_its_images_and_a_dropped_session_its_files(model_dir, tmp_path) -> None:
     """The page's heartbeat ends (a tab closed, `Client.close`): Gradio's unload event frees the session's cached
     features at once. A session Gradio drops without calling back (past its capacity) takes its files with it."""
-    from dynamite_hf.app.gradio_app import build_demo, launch
-    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
-
-    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny")
-    demo = build_demo(app)
-    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
+    with served_demo(model_dir) as (app, demo):
         client = gradio_client.Client(demo.local_url, verbose=False)
         upload(client, write_image(tmp_path, 0))
         client.predict(10, 10, False, api_name="/click")
@@ -605,8 +617,6 @@ def test_a_closed_page_frees_its_images_and_a_dropped_session_its_files(model_di
             time.sleep(0.2)
         assert key not in app.cache
         assert session.image.clicks and session.folder.is_dir()  # its work stays, should the page come back
-    finally:
-        demo.close()
     dropped = AnnotationSession()
     app.add_images(dropped, [write_image(tmp_path, 1)])
     folder = dropped.folder
@@ -622,13 +632,7 @@ def test_a_closed_pages_session_ends_after_its_grace_period_without_another_requ
     that until 10,000 newer sessions push it out)."""
     import weakref
 
-    from dynamite_hf.app.gradio_app import build_demo, launch
-    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
-
-    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny", limits=AppLimits(closed_session_seconds=1))
-    demo = build_demo(app)
-    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
+    with served_demo(model_dir, AppLimits(closed_session_seconds=1)) as (app, demo):
         client = gradio_client.Client(demo.local_url, verbose=False)
         upload(client, write_image(tmp_path, 0))
         client.predict(10, 10, False, api_name="/click")
@@ -644,8 +648,6 @@ def test_a_closed_pages_session_ends_after_its_grace_period_without_another_requ
         assert session_hash not in demo.state_holder.session_data
         gc.collect()
         assert alive() is None
-    finally:
-        demo.close()
 
 
 def test_sessions_that_only_made_stateless_calls_leave_nothing_in_gradio(model_dir, tmp_path) -> None:
@@ -653,15 +655,9 @@ def test_sessions_that_only_made_stateless_calls_leave_nothing_in_gradio(model_d
     out, and never expires a session that holds no state: a script making each `/segment` call with a new client
     would grow the server by that much per call. Such a session is dropped once it has been quiet for
     `--closed-session-seconds`; a page's session that also called it keeps its state."""
-    from dynamite_hf.app.gradio_app import build_demo, launch
-    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
-
-    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny", limits=AppLimits(closed_session_seconds=1))
-    demo = build_demo(app)
-    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
     image = gradio_client.handle_file(str(write_image(tmp_path, 0)))
     clicks = [{"row": 5, "col": 5, "instance": 0}]
-    try:
+    with served_demo(model_dir, AppLimits(closed_session_seconds=1)) as (app, demo):
         scripts = [gradio_client.Client(demo.local_url, verbose=False) for _ in range(3)]
         for script in scripts:
             script.predict(image, clicks, api_name="/segment")
@@ -678,8 +674,6 @@ def test_sessions_that_only_made_stateless_calls_leave_nothing_in_gradio(model_d
         assert page.predict(10, 10, False, api_name="/click")[STATUS].startswith("Click on instance 1")  # it goes on
         for client in (*scripts, page):
             client.close()
-    finally:
-        demo.close()
 
 
 def test_a_session_whose_state_expires_leaves_nothing_in_gradio(model_dir, tmp_path) -> None:
@@ -687,13 +681,7 @@ def test_a_session_whose_state_expires_leaves_nothing_in_gradio(model_dir, tmp_p
     `--session-idle-minutes`; the app ends the session and drops Gradio's bookkeeping of it too."""
     import gradio as gr
 
-    from dynamite_hf.app.gradio_app import build_demo, launch
-    from dynamite_hf.models.dynamite.modeling_dynamite import DynamiteModel
-
-    app = DynamiteApp(DynamiteModel.from_pretrained(model_dir), "tiny")
-    demo = build_demo(app)
-    launch(demo, server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
+    with served_demo(model_dir) as (app, demo):
         client = gradio_client.Client(demo.local_url, verbose=False)
         upload(client, write_image(tmp_path, 0))
         (session,) = app._sessions.values()
@@ -703,8 +691,6 @@ def test_a_session_whose_state_expires_leaves_nothing_in_gradio(model_dir, tmp_p
         assert session.session_hash not in demo.state_holder.session_data
         assert not session.folder.exists()
         client.close()
-    finally:
-        demo.close()
 
 
 def test_a_closed_pages_files_go_after_a_grace_period_unless_it_comes_back(tmp_path) -> None:
