@@ -546,7 +546,7 @@ def run_abuse(args: argparse.Namespace, height: int, width: int) -> None:
             warm.close()
             idle_first = settled_mb(process.pid, args.settle_s)
             # A first visitor's clicks fill the kernel caches that every later visitor's clicks use (oneDNN's
-            # compiled products, a few per number of queries, 64 at most): the idle level of an app that has served.
+            # compiled products, a few per number of queries, 32 at most): the idle level of an app that has served.
             NormalSession(url, photo, seed=0, max_clicks=25).run(Phases(), threading.Barrier(1))
             idle_before = settled_mb(process.pid, args.settle_s)
             sampler = MemorySampler(process.pid)

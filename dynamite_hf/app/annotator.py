@@ -109,10 +109,10 @@ class DynamiteApp:
 
     def release(self, session_hash: str) -> None:
         """The page of `session_hash` closed: free the cached features, pixels and label maps of its images at once,
-        and the rest (`end_quiet_sessions`) `limits.closed_session_seconds` later unless it acted again meanwhile (a connection that
-        dropped and came back: then whatever was freed is rebuilt). Gradio itself would keep a closed session's state
-        for an hour, so its uploads would fill the disk as fast as a visitor can upload, and its bookkeeping of the
-        session until 10,000 newer sessions push it out."""
+        and the rest (`end_quiet_sessions`) `limits.closed_session_seconds` later unless it acted again meanwhile (a
+        connection that dropped and came back: then whatever was freed is rebuilt). Gradio itself would keep a closed
+        session's state for an hour, so its uploads would fill the disk as fast as a visitor can upload, and its
+        bookkeeping of the session until 10,000 newer sessions push it out."""
         session = self._sessions.pop(session_hash, None)
         if session is not None:
             self.cache.discard({image.key for image in session.images})

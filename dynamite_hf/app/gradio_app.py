@@ -301,8 +301,7 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
             return
         if last_used is not None and (datetime.datetime.now() - last_used).total_seconds() < grace:
             return  # used again since: that call's own timer follows
-        _forget_session(demo, session_hash)
-        app.lanes.memory_freed(cycles=True)
+        forget(session_hash)
 
     async def on_unload(request: gr.Request) -> None:
         # On Gradio's event loop (a coroutine), which then ends the session once its grace period is over, whether
@@ -312,8 +311,18 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
 
     def end_quiet_sessions() -> None:
         for session_hash in app.end_quiet_sessions():
-            _forget_session(demo, session_hash)
-            app.lanes.memory_freed(cycles=True)
+            forget(session_hash)
+
+    def forget(session_hash: str) -> None:
+        """Drop Gradio's bookkeeping of a session the app has ended: Gradio keeps every session's copy of the page's
+        config (and its state) until 10,000 newer sessions push it out, hundreds of KB each with this page. On the
+        event loop, where Gradio reads and expires that bookkeeping; those objects reference each other, so the
+        lanes' next idle check collects them."""
+        holder = demo.state_holder  # made when the server starts, before any session
+        with holder.lock:
+            holder.session_data.pop(session_hash, None)
+            holder.time_last_used.pop(session_hash, None)
+        app.lanes.memory_freed(cycles=True)
 
     def end_session(session: AnnotationSession) -> None:
         """Gradio's callback for a session whose state expired (`--session-idle-minutes` without an action, an hour
@@ -323,8 +332,7 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         # object (here the app and its model).
         app.end_session(session)
         if session.session_hash:
-            _forget_session(demo, session.session_hash)
-            app.lanes.memory_freed(cycles=True)
+            forget(session.session_hash)
 
     with gr.Blocks(title="DynaMITe: multi-instance interactive segmentation", delete_cache=GRADIO_DELETE_CACHE) as demo:
         state = gr.State(
@@ -489,17 +497,6 @@ def build_demo(app: DynamiteApp) -> gr.Blocks:
         )
         demo.unload(on_unload)
     return demo
-
-
-def _forget_session(demo: gr.Blocks, session_hash: str) -> None:
-    """Drop Gradio's bookkeeping of a session the app has ended: Gradio keeps every session's copy of the page's
-    config (and its state) until 10,000 newer sessions push it out, hundreds of KB each with this page. On the event
-    loop, where Gradio reads and expires that bookkeeping."""
-    holder = getattr(demo, "state_holder", None)  # made when the server starts
-    if holder is not None:
-        with holder.lock:
-            holder.session_data.pop(session_hash, None)
-            holder.time_last_used.pop(session_hash, None)
 
 
 def _sequence(value: Any) -> int | None:
